@@ -1,0 +1,252 @@
+"""A transformers causal LM as a :class:`~llm.base.ChatModel`.
+
+``model.generate`` runs in a background thread and hands its text to a
+``TextIteratorStreamer`` (the transformers streaming recipe); :meth:`HFChatModel.stream`
+turns that into an iterator that ends or raises, never hangs, and stops the
+generation when it is closed early.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Iterator, Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from llm.base import ChatModel, GenerationError, GenerationParams, Message
+
+logger = logging.getLogger(__name__)
+
+#: Name of the generation threads (tests look for them).
+GENERATE_THREAD_NAME = "llm-generate"
+_SANE_CONTEXT = 10_000_000  # tokenizer.model_max_length is 1e30 when unset
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Stops ``generate`` at the next step once ``event`` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        """Return a ``(batch,)`` bool tensor, all True once the event is set."""
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _context_length(model: Any, tokenizer: Any) -> int:
+    """``config.max_position_embeddings``, else ``tokenizer.model_max_length``, else 4096."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for value in (getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)):
+        if isinstance(value, int) and 0 < value < _SANE_CONTEXT:
+            return value
+    return ChatModel.context_length
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that is the start of a stop string (0 if none)."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
+
+
+class HFChatModel(ChatModel):
+    """A transformers ``AutoModelForCausalLM`` + tokenizer as a chat model.
+
+    One generation runs at a time per model (a lock; a second :meth:`stream`
+    waits for the first to finish or be closed) -- batching concurrent requests
+    is left for later.
+
+    Args:
+        model: a loaded causal LM (``PreTrainedModel`` with ``generate``), already
+            on its device and in eval mode.
+        tokenizer: its tokenizer.
+        name: shown in the page, the logs and ``/v1/models``.
+        use_template: render the conversation with a chat template (default);
+            ``False`` is ``--no-template``: raw text, see :meth:`render_prompt`.
+        chat_template: Jinja chat template used instead of the tokenizer's own
+            (e.g. from :func:`llm.templates.template_for`).
+        is_demo: True for the random-weight demo model.
+        stream_timeout: seconds :meth:`stream` waits for the next piece of text
+            before it gives up with :class:`GenerationError`.
+
+    Raises:
+        ValueError: ``use_template`` and neither the tokenizer nor ``chat_template``
+            has a chat template.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        use_template: bool = True,
+        chat_template: str | None = None,
+        is_demo: bool = False,
+        stream_timeout: float = 120.0,
+    ):
+        if use_template and chat_template is None and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"the tokenizer of {name!r} has no chat template: pass chat_template= "
+                "(see llm.templates.template_for) or use_template=False"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.use_template = use_template
+        self.chat_template = chat_template
+        self.is_demo = is_demo
+        self.stream_timeout = stream_timeout
+        self.context_length = _context_length(model, tokenizer)
+        self._lock = threading.Lock()
+
+    def render_prompt(self, messages: Sequence[Message]) -> str:
+        """Render the conversation into the prompt text the model continues.
+
+        With ``use_template``: the chat template (the ``chat_template`` override, else
+        the tokenizer's) with ``add_generation_prompt=True``.  Without (``--no-template``):
+        the texts of the past turns joined by newlines, then the last user prompt;
+        the system prompt is left out, as a raw-text model has no place for it.
+
+        Args:
+            messages: the conversation, oldest first, ending with the user's turn.
+
+        Returns:
+            The prompt text, special tokens written out (e.g. ``<|im_start|>``).
+        """
+        if not self.use_template:
+            return "\n".join(m["content"] for m in messages if m["role"] != "system")
+        return self.tokenizer.apply_chat_template(
+            [dict(m) for m in messages],
+            chat_template=self.chat_template,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+
+    def _encode(self, text: str) -> list[int]:
+        """Token ids of a rendered prompt; special tokens are added only to raw text (templates write their own)."""
+        return self.tokenizer(text, add_special_tokens=not self.use_template)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens in ``text`` (no special tokens added)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
+        """Yield the answer to ``messages`` as non-empty text pieces; see :meth:`ChatModel.stream`.
+
+        The prompt is rendered and checked here, before the iterator is returned;
+        ``max_new_tokens`` is cut to what fits in ``context_length``.  ``params.stop``
+        strings end the answer (the stop string is not yielded) and stop generating.
+
+        Raises:
+            ValueError: (at once) the prompt has more than ``context_length - 1`` tokens.
+            GenerationError: (from the iterator) ``generate`` failed (cause chained), or
+                no text came within ``stream_timeout`` seconds.
+        """
+        input_ids = self._encode(self.render_prompt(messages))
+        if len(input_ids) > self.context_length - 1:
+            raise ValueError(
+                f"the prompt has {len(input_ids)} tokens, more than the {self.context_length - 1} that "
+                f"fit in the context of {self.name!r} ({self.context_length} tokens, one kept for the answer): "
+                "shorten the question, the history or the retrieved context"
+            )
+        max_new_tokens = min(params.max_new_tokens, self.context_length - len(input_ids))
+        return self._generate(input_ids, params, max_new_tokens)
+
+    def _generate_kwargs(self, input_ids: list[int], params: GenerationParams, max_new_tokens: int) -> dict[str, Any]:
+        """``model.generate`` kwargs for one answer (streamer and stopping criteria added by the caller)."""
+        ids = torch.tensor([input_ids], dtype=torch.long, device=self.model.device)
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": max_new_tokens,
+        }
+        if params.greedy:  # no temperature/top_k/top_p: transformers warns they are unused
+            kwargs["do_sample"] = False
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+        gen_config = getattr(self.model, "generation_config", None)
+        eos = getattr(gen_config, "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+            kwargs["eos_token_id"] = eos
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = getattr(gen_config, "pad_token_id", None)
+        if pad is None:
+            pad = eos[0] if isinstance(eos, (list, tuple)) else eos
+        kwargs["pad_token_id"] = pad
+        return kwargs
+
+    def _run(self, kwargs: dict[str, Any], streamer: TextIteratorStreamer, errors: list[BaseException]) -> None:
+        """Thread target: ``generate``; on failure record it and end the streamer. Releases the lock."""
+        try:
+            with torch.inference_mode():
+                self.model.generate(**kwargs, streamer=streamer)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the consumer, re-raised there
+            errors.append(exc)
+            try:
+                streamer.end()
+            except Exception:  # the failure may come from the streamer's own decoding
+                streamer.text_queue.put(streamer.stop_signal)
+        finally:
+            self._lock.release()
+
+    def _generate(self, input_ids: list[int], params: GenerationParams, max_new_tokens: int) -> Iterator[str]:
+        """The iterator returned by :meth:`stream`."""
+        stop_event = threading.Event()
+        errors: list[BaseException] = []
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.stream_timeout
+        )
+        kwargs = self._generate_kwargs(input_ids, params, max_new_tokens)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnEvent(stop_event)])
+        thread = threading.Thread(
+            target=self._run, args=(kwargs, streamer, errors), name=GENERATE_THREAD_NAME, daemon=True
+        )
+        self._lock.acquire()  # released by _run when generate returns
+        try:
+            thread.start()
+        except BaseException:
+            self._lock.release()
+            raise
+        stops = params.stop
+        pending = ""  # text received but not yet yielded (it may begin a stop string)
+        try:
+            while True:
+                try:
+                    piece = next(streamer)
+                except StopIteration:
+                    break
+                except queue.Empty as exc:
+                    raise GenerationError(
+                        f"{self.name!r} produced no text within {self.stream_timeout} s"
+                    ) from exc
+                pending += piece
+                if stops:
+                    cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+                    if cut >= 0:
+                        if pending[:cut]:
+                            yield pending[:cut]
+                        return
+                    keep = _held_back(pending, stops)
+                    ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
+                else:
+                    ready, pending = pending, ""
+                if ready:
+                    yield ready
+            if errors:
+                raise GenerationError(f"generation with {self.name!r} failed: {errors[0]!r}") from errors[0]
+            if pending:
+                yield pending
+        finally:
+            stop_event.set()
+            thread.join(self.stream_timeout)
+            if thread.is_alive():
+                logger.warning("the generate thread of %r did not stop within %s s", self.name, self.stream_timeout)

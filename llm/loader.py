@@ -1,0 +1,238 @@
+"""Load a chat model from a local folder or a Hugging Face hub id (``--model-path``).
+
+The path is the one ``AutoTokenizer.from_pretrained`` / ``AutoModelForCausalLM.
+from_pretrained`` take.  With no path, :data:`DEFAULT_MODEL_PATH` is used if it is
+in the local Hugging Face cache (or can be downloaded); otherwise the built-in demo
+model (:mod:`llm.demo`) is, with a warning, so the server always starts.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from llm.base import ModelLoadError
+from llm.templates import template_for
+
+logger = logging.getLogger(__name__)
+
+#: The PAI-EAS ChatLLM-WebUI default model family; a Hugging Face hub id.
+DEFAULT_MODEL_PATH = "Qwen/Qwen2.5-7B-Instruct"
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "org/name"
+
+
+def resolve_device(cpu: bool) -> str:
+    """Pick the device: ``"cpu"`` if ``cpu`` is set or no CUDA GPU is available, else ``"cuda"``.
+
+    Logs a warning when a GPU was wanted (``cpu`` False) but none is found.
+    """
+    import torch
+
+    if cpu:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    logger.warning("no CUDA GPU found: running the model on the CPU (slow; pass --cpu to silence this)")
+    return "cpu"
+
+
+def resolve_dtype(precision: str, device: str) -> Any:
+    """Map ``--precision`` to a ``torch.dtype``.
+
+    Args:
+        precision: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (case-insensitive).
+            ``auto`` is bf16 on a CUDA GPU that supports it, else fp16 on CUDA, and
+            fp32 on the CPU (half precision on CPU is slow and, for fp16, lossy).
+        device: ``"cpu"`` or ``"cuda"`` (see :func:`resolve_device`).
+
+    Returns:
+        ``torch.float32``, ``torch.float16`` or ``torch.bfloat16``.  An explicit
+        ``fp16`` on the CPU is kept (torch >= 2.1 has CPU kernels for it) but logs
+        a warning that it is slow; use fp32 or bf16 there.
+
+    Raises:
+        ValueError: unknown ``precision``; the message lists the choices.
+    """
+    import torch
+
+    key = precision.strip().lower()
+    if key not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    on_cuda = device.startswith("cuda")
+    if key == "auto":
+        if not on_cuda:
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if key == "fp16" and not on_cuda:
+        logger.warning("fp16 on the CPU is slow and may be inaccurate; fp32 or bf16 are better there")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[key]
+
+
+def _offline() -> bool:
+    """True when the Hugging Face hub is switched off (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    transformers_offline = os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.HF_HUB_OFFLINE) or transformers_offline
+
+
+def _fix_hint(path: str) -> str:
+    """The "how to fix it" half of a :class:`ModelLoadError` message."""
+    return (
+        f"check that {path!r} is a local folder holding config.json, the weights (*.safetensors) and the "
+        "tokenizer files, or a Hugging Face hub id (like 'Qwen/Qwen2.5-7B-Instruct') that is in the local "
+        "HF cache or can be downloaded (network access, HF_HUB_OFFLINE unset)"
+    )
+
+
+def _looks_local(path: str) -> bool:
+    """True for a filesystem path, False for something shaped like a hub id ("org/name")."""
+    return Path(path).expanduser().exists() or path.startswith((".", "/", "~")) or not _HUB_ID.match(path)
+
+
+def _attempts(path: str) -> list[bool]:
+    """The ``local_files_only`` values to try: the HF cache first, then the hub (if online)."""
+    return [True] if _looks_local(path) or _offline() else [True, False]
+
+
+def _load_config(path: str, trust_remote_code: bool) -> tuple[Any, bool]:
+    """Load the model config, from the local cache first; return ``(config, local_files_only)``.
+
+    Raises:
+        ModelLoadError: the path is not a model folder, or the hub id is neither
+            cached nor downloadable.
+    """
+    from transformers import AutoConfig
+
+    if _looks_local(path) and not Path(path).expanduser().is_dir():
+        raise ModelLoadError(f"model path {path!r} is not a folder: {_fix_hint(path)}")
+    error: Exception | None = None
+    for local_only in _attempts(path):
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=local_only, trust_remote_code=trust_remote_code)
+            return config, local_only
+        except Exception as exc:  # noqa: BLE001 -- OSError, ValueError, KeyError...: all mean "cannot load"
+            error = exc
+            logger.debug("config of %r not loaded (local_files_only=%s): %r", path, local_only, exc)
+    raise ModelLoadError(f"cannot load the model config from {path!r} ({error}): {_fix_hint(path)}") from error
+
+
+def _pick_template(tokenizer: Any, config: Any, model_type: str | None) -> str | None:
+    """The chat template to pass to :class:`HFChatModel`: ``None`` keeps the tokenizer's own."""
+    if getattr(tokenizer, "chat_template", None):
+        if model_type:
+            logger.info("the tokenizer has a chat template: --model-type %s is ignored", model_type)
+        return None
+    if model_type:
+        return template_for(model_type)
+    family = getattr(config, "model_type", "") or ""
+    guess = {"qwen2": "chatml", "qwen2_moe": "chatml", "qwen3": "chatml", "mistral": "llama2"}.get(family)
+    if family == "llama":
+        guess = "llama3" if "<|start_header_id|>" in tokenizer.get_vocab() else "llama2"
+    if guess is None:
+        logger.warning(
+            "the tokenizer has no chat template and model type %r is not known: using the plain "
+            "'User: ... Assistant: ...' format (pass --model-type to choose another)", family
+        )
+        guess = "plain"
+    else:
+        logger.info("the tokenizer has no chat template: using the %s format (model type %r)", guess, family)
+    return template_for(guess)
+
+
+def _load(path: str, found: tuple[Any, bool] | None = None, *, name: str, cpu: bool, precision: str,
+          use_template: bool, model_type: str | None, trust_remote_code: bool, is_demo: bool = False):
+    """Load tokenizer + model from ``path`` into an :class:`HFChatModel`; errors as :class:`ModelLoadError`.
+
+    ``found`` is ``_load_config(path, ...)``'s result when the caller already has it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm.hf import HFChatModel
+
+    config, local_only = found or _load_config(path, trust_remote_code)
+    device = resolve_device(cpu)
+    dtype = resolve_dtype(precision, device)
+    # A cached config does not mean cached weights (an interrupted download): then try the hub.
+    attempts = _attempts(path) if local_only else [False]
+    for i, local_only in enumerate(attempts):
+        common = {"local_files_only": local_only, "trust_remote_code": trust_remote_code}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **common)
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **common)
+            break
+        except Exception as exc:  # noqa: BLE001 -- any failure here means the folder is not a usable model
+            if i + 1 == len(attempts):
+                raise ModelLoadError(f"cannot load the model from {path!r} ({exc!r}): {_fix_hint(path)}") from exc
+            logger.info("%s is not complete in the HF cache (%r); trying the hub", path, exc)
+    model.to(device).eval()
+    template = _pick_template(tokenizer, config, model_type) if use_template else None
+    logger.info("loaded %s (%s) on %s as %s", path, type(model).__name__, device, dtype)
+    return HFChatModel(model, tokenizer, name=name, use_template=use_template, chat_template=template, is_demo=is_demo)
+
+
+def load_chat_model(
+    model_path: str | None = None,
+    *,
+    cpu: bool = False,
+    precision: str = "auto",
+    use_template: bool = True,
+    model_type: str | None = None,
+    demo_dir: str | Path | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load the chat model for ``--model-path`` (the server's model loading).
+
+    Args:
+        model_path: local folder or hub id.  ``None`` tries :data:`DEFAULT_MODEL_PATH`
+            (from the local HF cache first, then the hub unless ``HF_HUB_OFFLINE``)
+            and, if that is not available, falls back to the demo model with a
+            WARNING (``is_demo`` True, name ``"demo"``).
+        cpu: run on the CPU even if a GPU is there (``--cpu``).
+        precision: ``auto``/``fp32``/``fp16``/``bf16``, see :func:`resolve_dtype`.
+        use_template: False is ``--no-template`` (raw prompts, see
+            :meth:`HFChatModel.render_prompt`).
+        model_type: chat template family (``--model-type``, one of
+            :data:`llm.templates.MODEL_TYPES`) for tokenizers without a chat
+            template; without it the family is guessed from ``config.model_type``
+            (qwen2 -> chatml, llama -> llama3 or llama2, mistral -> llama2, else plain).
+            Ignored (logged) when the tokenizer has its own template.
+        demo_dir: where the demo model is built/cached (default
+            :func:`llm.demo.default_demo_dir`).
+        trust_remote_code: passed to ``from_pretrained``; only for models you trust.
+
+    Returns:
+        An :class:`~llm.hf.HFChatModel`, on its device, in eval mode; its ``name`` is
+        ``model_path`` as given (or ``"demo"``).
+
+    Raises:
+        ModelLoadError: ``model_path`` was given and cannot be loaded; the message
+            names the path and the fix.
+        ValueError: unknown ``precision`` or ``model_type``.
+    """
+    if model_type is not None:
+        template_for(model_type)  # reject a bad --model-type before any loading
+    resolve_dtype(precision, "cpu")  # likewise a bad --precision
+    options = {"cpu": cpu, "precision": precision, "use_template": use_template, "model_type": model_type,
+               "trust_remote_code": trust_remote_code}
+    if model_path is not None:
+        return _load(model_path, name=model_path, **options)
+    try:
+        found = _load_config(DEFAULT_MODEL_PATH, trust_remote_code)
+    except ModelLoadError as exc:
+        from llm.demo import DEMO_MODEL_NAME, build_demo_model
+
+        logger.warning(
+            "no --model-path given and %s is not available (%s): using the built-in DEMO model, whose answers "
+            "are meaningless random text, until you start the server with --model-path <folder or hub id>",
+            DEFAULT_MODEL_PATH, exc.__cause__ or exc,
+        )
+        demo_path = build_demo_model(demo_dir)
+        options.update(model_type=None, trust_remote_code=False)
+        return _load(str(demo_path), name=DEMO_MODEL_NAME, is_demo=True, **options)
+    # The default model is there: a failure now is an error, not hidden behind the demo.
+    return _load(DEFAULT_MODEL_PATH, found, name=DEFAULT_MODEL_PATH, **options)

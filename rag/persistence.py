@@ -1,0 +1,134 @@
+"""Crash-safe on-disk layout of a knowledge base.
+
+A knowledge-base folder holds::
+
+    manifest.json          names the current generation + embedding model, dim,
+                           chunk settings, format version (replaced atomically)
+    gen-000042/            one complete state, never changed once written:
+        index.faiss        FAISS index (IndexIDMap2 over IndexFlatIP), serialised
+        chunks.json        {"next_id": int, "chunks": [Chunk as dict, ...]}
+        files.json         [{"name", "sha256", "size", "added_at", "chunks", ...}, ...]
+    files/<name>           a copy of each accepted original file
+    incoming/              temporary copies of files being added
+
+A new state is written into a fresh ``gen-NNNNNN`` folder and fsync'ed; only
+then is ``manifest.json`` replaced (``os.replace`` is atomic on POSIX and
+Windows) to point at it, and older generations are deleted. A kill at any
+moment therefore leaves either the old or the new manifest, each naming a
+complete generation; half-written generation folders are never referenced
+and are ignored (and removed by the next commit).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+#: Bumped when the layout changes incompatibly; a newer format is refused.
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+FILES_DIR = "files"
+INCOMING_DIR = "incoming"
+GENERATION_PREFIX = "gen-"
+_GENERATION_RE = re.compile(r"^gen-(\d+)$")
+#: Longest stored file name in UTF-8 bytes (most file systems allow 255).
+MAX_NAME_BYTES = 200
+
+
+def safe_file_name(name: str) -> str:
+    """A file name that is safe to create inside a folder.
+
+    Keeps only the last path component (``/`` and ``\\`` both count as
+    separators), drops control and format characters (NUL, newlines,
+    right-to-left overrides: Unicode categories C*), trims spaces, replaces
+    "", "." and ".." by "file", and shortens it to :data:`MAX_NAME_BYTES`
+    UTF-8 bytes keeping the extension. The result never contains a path
+    separator, so ``folder / safe_file_name(x)`` never leaves ``folder``.
+    """
+    base = re.split(r"[\\/]", str(name))[-1]
+    base = "".join(ch for ch in base if not unicodedata.category(ch).startswith("C")).strip()
+    if base in ("", ".", ".."):
+        base = "file"
+    if len(base.encode("utf-8")) > MAX_NAME_BYTES:
+        stem, dot, ext = base.rpartition(".")
+        if not dot or len(ext) > 16:
+            stem, ext = base, ""
+        ext = f".{ext}" if ext else ""
+        room = MAX_NAME_BYTES - len(ext.encode("utf-8"))
+        stem = stem.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+        base = stem + ext
+    return base
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename/creation inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json_durably(path: Path, obj: Any) -> None:
+    """Write ``obj`` as UTF-8 JSON to ``path`` and fsync it."""
+    write_bytes_durably(path, json.dumps(obj, ensure_ascii=False, indent=1).encode("utf-8"))
+
+
+def replace_json_atomically(path: Path, obj: Any) -> None:
+    """Write JSON to ``path.tmp``, fsync, ``os.replace`` it onto ``path``, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    write_json_durably(tmp, obj)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> Any:
+    """Read a UTF-8 JSON file."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def generation_name(number: int) -> str:
+    """Folder name of generation ``number``: ``gen-000042``."""
+    return f"{GENERATION_PREFIX}{number:06d}"
+
+
+def generation_number(name: str) -> int | None:
+    """Inverse of :func:`generation_name`; None for other names."""
+    m = _GENERATION_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def existing_generations(directory: Path) -> list[int]:
+    """Numbers of all generation folders present (referenced or not), ascending."""
+    numbers = []
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            n = generation_number(entry.name)
+            if n is not None and entry.is_dir():
+                numbers.append(n)
+    return sorted(numbers)
+
+
+def remove_generations_except(directory: Path, keep: str) -> None:
+    """Delete every generation folder but ``keep`` (old states and crash leftovers)."""
+    for n in existing_generations(directory):
+        name = generation_name(n)
+        if name != keep:
+            shutil.rmtree(directory / name, ignore_errors=True)

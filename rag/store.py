@@ -1,0 +1,443 @@
+"""The knowledge base: files -> chunks -> embeddings in FAISS, plus search.
+
+FAISS holds vectors only (``IndexIDMap2`` over ``IndexFlatIP``; the vectors
+are L2-normalised, so the inner product is cosine similarity). Chunk text and
+metadata live beside it in JSON, found by chunk id. The on-disk layout and its
+crash safety are described in :mod:`rag.persistence`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from . import persistence as disk
+from .loaders import DocumentLoadError, load_file
+from .splitter import make_text_splitter, split_documents
+from .types import Chunk, FileReport, SearchResult
+
+if TYPE_CHECKING:
+    from .embeddings import Embedder
+
+logger = logging.getLogger(__name__)
+
+UNCHANGED_REASON = "unchanged: already in the knowledge base"
+
+
+class EmbeddingMismatchError(ValueError):
+    """A knowledge base was opened with an embedding model (name or dim) other
+    than the one its vectors were made with; the message names both and the fix."""
+
+
+class KnowledgeBaseCorruptError(RuntimeError):
+    """The files of a knowledge base are unreadable or disagree with each other
+    (not caused by a crash, which the layout survives); the message names the folder."""
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class KnowledgeBase:
+    """A folder of documents, chunked, embedded and searchable.
+
+    Create or load one with :meth:`open`. All methods are thread-safe: a lock
+    serialises mutation and search; the slow parts of adding a file (reading,
+    splitting, embedding) run outside it, so searches are not blocked for long.
+    One process should own a folder at a time.
+    """
+
+    def __init__(self, directory: Path, embedder: "Embedder", chunk_size: int, chunk_overlap: int):
+        """Use :meth:`open`; this only sets up an empty, unsaved state."""
+        import faiss
+
+        self._directory = directory
+        self._embedder = embedder
+        self._splitter = make_text_splitter(chunk_size, chunk_overlap)
+        self._chunk_size = chunk_size
+        self._chunk_overlap = chunk_overlap
+        self._lock = threading.RLock()
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dim))
+        self._chunks: dict[int, Chunk] = {}
+        self._files: dict[str, dict[str, Any]] = {}
+        self._next_id = 0
+        self._generation: str | None = None
+        self._created_at = _utc_now()
+
+    # ------------------------------------------------------------------ open
+
+    @classmethod
+    def open(cls, directory: str | Path, embedder: "Embedder", *, chunk_size: int = 500,
+             chunk_overlap: int = 50) -> "KnowledgeBase":
+        """Open the knowledge base in ``directory``, creating it if missing.
+
+        Args:
+            directory: its folder; created (with parents) if missing.
+            embedder: the embedding model (see :func:`rag.load_embedder`); must
+                be the one the knowledge base was built with.
+            chunk_size, chunk_overlap: splitter settings in characters for files
+                added from now on (see :func:`rag.make_text_splitter`).
+
+        Raises:
+            EmbeddingMismatchError: the knowledge base holds chunks embedded by
+                another model (name or dim). An empty one adopts ``embedder``.
+            KnowledgeBaseCorruptError: its files are unreadable or inconsistent.
+            ValueError: bad chunk settings.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        kb = cls(directory, embedder, chunk_size, chunk_overlap)
+        manifest_path = directory / disk.MANIFEST_NAME
+        with kb._lock:
+            if manifest_path.exists():
+                kb._load()
+                kb._tidy_file_copies()
+            else:
+                logger.info("creating knowledge base at %s (embedding model %s, dim %d)",
+                            directory, embedder.name, embedder.dim)
+                kb._commit()
+        return kb
+
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self._directory / disk.MANIFEST_NAME
+        try:
+            manifest = disk.read_json(path)
+        except (OSError, ValueError) as exc:
+            raise KnowledgeBaseCorruptError(
+                f"{path}: unreadable manifest ({exc}); restore the folder from a backup "
+                "or move it away and re-upload the documents") from exc
+        version = manifest.get("format_version")
+        if not isinstance(version, int) or version > disk.FORMAT_VERSION:
+            raise KnowledgeBaseCorruptError(
+                f"{path}: format version {version!r} is not supported by this program "
+                f"(it reads up to {disk.FORMAT_VERSION}); upgrade the program or use another folder")
+        return manifest
+
+    def _load(self) -> None:
+        """Replace the in-memory state by the one the manifest names."""
+        import faiss
+
+        manifest = self._read_manifest()
+        gen_name = str(manifest.get("generation"))
+        gen_dir = self._directory / gen_name
+        try:
+            if disk.generation_number(gen_name) is None:
+                raise ValueError(f"manifest names {gen_name!r}, not a generation folder")
+            index = faiss.deserialize_index(np.fromfile(gen_dir / "index.faiss", dtype=np.uint8))
+            chunk_data = disk.read_json(gen_dir / "chunks.json")
+            file_data = disk.read_json(gen_dir / "files.json")
+            chunks = {int(c["id"]): Chunk(**c) for c in chunk_data["chunks"]}
+            ids = set(faiss.vector_to_array(index.id_map).tolist()) if index.ntotal else set()
+        except Exception as exc:
+            raise KnowledgeBaseCorruptError(
+                f"{gen_dir}: cannot read the knowledge base state ({type(exc).__name__}: {exc}); "
+                "restore the folder from a backup or move it away and re-upload the documents") from exc
+        if ids != set(chunks) or index.ntotal != len(chunks) or index.d != manifest.get("dim"):
+            raise KnowledgeBaseCorruptError(
+                f"{gen_dir}: the index ({index.ntotal} vectors of dim {index.d}) does not match chunks.json "
+                f"({len(chunks)} chunks) and the manifest (dim {manifest.get('dim')}); "
+                "move the folder away and re-upload the documents")
+
+        recorded_name, recorded_dim = manifest.get("embedding_model"), manifest.get("dim")
+        if (recorded_name, recorded_dim) != (self._embedder.name, self._embedder.dim):
+            if chunks:
+                raise EmbeddingMismatchError(
+                    f"the knowledge base at {self._directory} was built with embedding model "
+                    f"{recorded_name!r} (dim {recorded_dim}), but {self._embedder.name!r} "
+                    f"(dim {self._embedder.dim}) is loaded. Start with --embedding-model {recorded_name}, "
+                    "or use another knowledge-base folder (or delete this one) and upload the documents again")
+            logger.info("empty knowledge base at %s: switching its embedding model from %s to %s",
+                        self._directory, recorded_name, self._embedder.name)
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(self._embedder.dim))
+
+        if (manifest.get("chunk_size"), manifest.get("chunk_overlap")) != (self._chunk_size, self._chunk_overlap):
+            logger.info("knowledge base at %s: files added from now on use chunk_size=%d, chunk_overlap=%d "
+                        "(was %s, %s)", self._directory, self._chunk_size, self._chunk_overlap,
+                        manifest.get("chunk_size"), manifest.get("chunk_overlap"))
+        self._index = index
+        self._chunks = chunks
+        self._files = {f["name"]: f for f in file_data}
+        self._next_id = int(chunk_data["next_id"])
+        self._generation = gen_dir.name
+        self._created_at = manifest.get("created_at", self._created_at)
+        if (recorded_name, recorded_dim) != (self._embedder.name, self._embedder.dim):
+            self._commit()  # record the adopted model
+        logger.info("opened knowledge base at %s: %d files, %d chunks (%s)",
+                    self._directory, len(self._files), len(self._chunks), self._generation)
+
+    def _tidy_file_copies(self) -> None:
+        """Remove leftovers of interrupted adds/deletes: partial uploads in
+        ``incoming/`` and copies in ``files/`` of files no longer stored."""
+        incoming = self._directory / disk.INCOMING_DIR
+        if incoming.is_dir():
+            for part in incoming.glob("*.part"):
+                part.unlink(missing_ok=True)
+        files_dir = self._directory / disk.FILES_DIR
+        if files_dir.is_dir():
+            for copy in files_dir.iterdir():
+                if copy.is_file() and copy.name not in self._files:
+                    logger.info("removing %s: not part of the knowledge base (left by an interrupted delete)", copy)
+                    copy.unlink(missing_ok=True)
+        missing = [n for n in self._files if not (files_dir / n).is_file()]
+        if missing:
+            logger.warning("knowledge base at %s: no stored copy of %s (interrupted while saving); "
+                           "its chunks are searchable, upload the file again to restore the copy",
+                           self._directory, ", ".join(missing))
+
+    # ---------------------------------------------------------------- commit
+
+    def _commit(self) -> None:
+        """Persist the in-memory state as a new generation (see :mod:`rag.persistence`)."""
+        import faiss
+
+        existing = disk.existing_generations(self._directory)
+        current = disk.generation_number(self._generation) if self._generation else None
+        number = max(existing + ([current] if current is not None else []), default=0) + 1
+        gen_name = disk.generation_name(number)
+        gen_dir = self._directory / gen_name
+        gen_dir.mkdir()
+        disk.write_bytes_durably(gen_dir / "index.faiss", faiss.serialize_index(self._index).tobytes())
+        disk.write_json_durably(gen_dir / "chunks.json", {
+            "next_id": self._next_id,
+            "chunks": [vars(c) for c in self._chunks.values()],
+        })
+        disk.write_json_durably(gen_dir / "files.json", list(self._files.values()))
+        disk.fsync_dir(gen_dir)
+        disk.fsync_dir(self._directory)
+        disk.replace_json_atomically(self._directory / disk.MANIFEST_NAME, {
+            "format_version": disk.FORMAT_VERSION,
+            "generation": gen_name,
+            "embedding_model": self._embedder.name,
+            "dim": self._embedder.dim,
+            "chunk_size": self._chunk_size,
+            "chunk_overlap": self._chunk_overlap,
+            "files": len(self._files),
+            "chunks": len(self._chunks),
+            "created_at": self._created_at,
+            "updated_at": _utc_now(),
+        })
+        self._generation = gen_name
+        disk.remove_generations_except(self._directory, gen_name)
+
+    def _commit_or_reload(self) -> None:
+        """Commit; if that fails, go back to the last committed state and re-raise."""
+        try:
+            self._commit()
+        except BaseException:
+            logger.exception("could not save the knowledge base at %s; reloading its last saved state",
+                             self._directory)
+            self._load()
+            raise
+
+    # ------------------------------------------------------------- add files
+
+    def add_files(self, paths: Sequence[str | Path], names: Sequence[str] | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> list[FileReport]:
+        """Load, split, embed and store files; one :class:`FileReport` per file, in order.
+
+        Args:
+            paths: files on disk (e.g. the upload's temporary files).
+            names: the names to record and show (as uploaded), one per path;
+                default each path's name. The stored name is
+                :func:`rag.persistence.safe_file_name` of it.
+            progress: called as ``progress(name, index, n_files)`` before each
+                file, ``index`` counting from 0.
+
+        Returns:
+            Reports: "added" (chunks = chunks stored; a file of the same name
+            but other content is replaced), "skipped" (same name and sha256 as
+            a stored file; reason :data:`UNCHANGED_REASON`), or "refused" with
+            the reason (a :class:`DocumentLoadError` message, or the error for
+            anything unexpected, which is also logged with its traceback). One
+            bad file never stops the others; each file is saved before the next.
+
+        Raises:
+            ValueError: ``names`` given with a length other than ``paths``'.
+        """
+        paths = list(paths)
+        if names is not None and len(names) != len(paths):
+            raise ValueError(f"names has {len(names)} entries but paths has {len(paths)}; give one name per path")
+        reports = []
+        for i, path in enumerate(paths):
+            name = str(names[i]) if names is not None else Path(path).name
+            if progress is not None:
+                progress(name, i, len(paths))
+            try:
+                report = self._add_file(Path(path), name)
+            except DocumentLoadError as exc:
+                report = FileReport(name=name, status="refused", reason=str(exc))
+            except Exception as exc:
+                logger.exception("unexpected error while adding %s to %s", name, self._directory)
+                report = FileReport(name=name, status="refused",
+                                    reason=f"{name}: unexpected error ({type(exc).__name__}: {exc}); "
+                                           "see the server log, and report it if it persists")
+            logger.info("%s: %s%s", name, report.status,
+                        f" ({report.chunks} chunks)" if report.status == "added" else f" - {report.reason}")
+            reports.append(report)
+        return reports
+
+    def _add_file(self, path: Path, name: str) -> FileReport:
+        key = disk.safe_file_name(name)
+        if not path.is_file():
+            raise DocumentLoadError(f"{name}: the uploaded file was not found on the server; upload it again")
+        data = path.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            if self._is_unchanged(key, sha256):
+                return FileReport(name=name, status="skipped", reason=UNCHANGED_REASON)
+
+        docs = load_file(path, name=key)
+        pieces = split_documents(docs, self._splitter)
+        if not pieces:
+            raise DocumentLoadError(f"{name}: no text left after splitting; upload a file that contains text")
+        vectors = self._embedder.embed_documents([p.page_content for p in pieces])
+
+        incoming = self._directory / disk.INCOMING_DIR
+        incoming.mkdir(exist_ok=True)
+        tmp_copy = incoming / f"{uuid.uuid4().hex}.part"
+        disk.write_bytes_durably(tmp_copy, data)
+        try:
+            with self._lock:
+                if self._is_unchanged(key, sha256):  # another thread stored it meanwhile
+                    return FileReport(name=name, status="skipped", reason=UNCHANGED_REASON)
+                self._remove_chunks_of(key)
+                ids = np.arange(self._next_id, self._next_id + len(pieces), dtype=np.int64)
+                self._next_id += len(pieces)
+                self._index.add_with_ids(vectors, ids)
+                for chunk_id, piece in zip(ids.tolist(), pieces):
+                    meta = {k: v for k, v in piece.metadata.items() if k not in ("source", "page")}
+                    self._chunks[chunk_id] = Chunk(id=chunk_id, text=piece.page_content, source=key,
+                                                   page=piece.metadata.get("page"), metadata=meta)
+                self._files.pop(key, None)
+                self._files[key] = {
+                    "name": key, "chunks": len(pieces), "size": len(data), "added_at": _utc_now(),
+                    "sha256": sha256, "chunk_size": self._chunk_size, "chunk_overlap": self._chunk_overlap,
+                }
+                self._commit_or_reload()
+                self._keep_copy(tmp_copy, key)
+        finally:
+            tmp_copy.unlink(missing_ok=True)
+        return FileReport(name=name, status="added", chunks=len(pieces))
+
+    def _keep_copy(self, tmp_copy: Path, key: str) -> None:
+        """Move the committed file's copy into ``files/``. A failure here only
+        costs the copy (the chunks are saved), so it is logged, not raised."""
+        files_dir = self._directory / disk.FILES_DIR
+        try:
+            files_dir.mkdir(exist_ok=True)
+            os.replace(tmp_copy, files_dir / key)
+            disk.fsync_dir(files_dir)
+        except OSError:
+            logger.exception("%s is in the knowledge base, but its copy could not be stored in %s",
+                             key, files_dir)
+
+    def _is_unchanged(self, key: str, sha256: str) -> bool:
+        """Same name and content already stored (and its copy present; a missing
+        copy, left by an interrupted save, is restored by adding the file again)."""
+        record = self._files.get(key)
+        return (record is not None and record["sha256"] == sha256
+                and (self._directory / disk.FILES_DIR / key).is_file())
+
+    def _remove_chunks_of(self, key: str) -> int:
+        """Drop a file's chunks from memory (not from disk); returns how many."""
+        ids = [cid for cid, c in self._chunks.items() if c.source == key]
+        if ids:
+            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+            for cid in ids:
+                del self._chunks[cid]
+        return len(ids)
+
+    # ---------------------------------------------------------- delete, list
+
+    def delete_file(self, name: str) -> int:
+        """Remove a file's chunks and its stored copy.
+
+        Args:
+            name: a name as listed by :meth:`files` (or as uploaded).
+
+        Returns:
+            The number of chunks removed.
+
+        Raises:
+            KeyError: no such file in the knowledge base.
+        """
+        with self._lock:
+            key = name if name in self._files else disk.safe_file_name(name)
+            if key not in self._files:
+                known = ", ".join(sorted(self._files)) or "none"
+                raise KeyError(f"no file named {name!r} in the knowledge base at {self._directory} "
+                               f"(files: {known})")
+            removed = self._remove_chunks_of(key)
+            del self._files[key]
+            self._commit_or_reload()
+            (self._directory / disk.FILES_DIR / key).unlink(missing_ok=True)
+        logger.info("deleted %s from %s (%d chunks)", key, self._directory, removed)
+        return removed
+
+    def files(self) -> list[dict[str, Any]]:
+        """The stored files, oldest first: dicts with "name", "chunks" (count),
+        "size" (bytes of the original file), "added_at" (ISO-8601 UTC) and "sha256" (hex)."""
+        with self._lock:
+            return [{k: f[k] for k in ("name", "chunks", "size", "added_at", "sha256")}
+                    for f in self._files.values()]
+
+    def __len__(self) -> int:
+        """Number of chunks stored."""
+        with self._lock:
+            return len(self._chunks)
+
+    @property
+    def directory(self) -> Path:
+        """The knowledge base's folder."""
+        return self._directory
+
+    @property
+    def embedding_model(self) -> str:
+        """Name of the embedding model its vectors were made with."""
+        return self._embedder.name
+
+    # ---------------------------------------------------------------- search
+
+    def search(self, query: str, top_k: int = 3, score_threshold: float | None = None) -> list[SearchResult]:
+        """Retrieve the chunks closest to ``query`` (the retriever).
+
+        Args:
+            query: the user's question.
+            top_k: most results to return (>= 1).
+            score_threshold: if given, only results with cosine similarity
+                >= it (range [-1, 1]; see the project README for measured values).
+
+        Returns:
+            Up to ``top_k`` :class:`SearchResult`, best (highest score) first;
+            [] for an empty knowledge base.
+
+        Raises:
+            ValueError: ``top_k`` < 1.
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        if len(self) == 0:
+            return []
+        query_vector = self._embedder.embed_query(query).reshape(1, -1)
+        with self._lock:
+            k = min(int(top_k), self._index.ntotal)
+            if k == 0:
+                return []
+            scores, ids = self._index.search(query_vector, k)
+            results = []
+            for score, chunk_id in zip(scores[0].tolist(), ids[0].tolist()):
+                if chunk_id < 0 or chunk_id not in self._chunks:
+                    continue
+                if score_threshold is not None and score < score_threshold:
+                    continue
+                c = self._chunks[chunk_id]
+                chunk = Chunk(id=c.id, text=c.text, source=c.source, page=c.page, metadata=dict(c.metadata))
+                results.append(SearchResult(chunk=chunk, score=float(score)))
+        return results

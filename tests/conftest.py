@@ -1,0 +1,52 @@
+"""Shared fixtures. No test makes a network call outside loopback: the hub is
+switched off here, before anything imports transformers or huggingface_hub."""
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pytest
+
+from llm.base import ChatModel, GenerationParams, Message
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """``../shared/corpus`` (real documents); tests that need it skip, loudly, without it."""
+    if not CORPUS.is_dir():
+        pytest.skip(f"real corpus not found at {CORPUS}: these tests need ../shared/corpus beside the checkout")
+    return CORPUS
+
+
+class FakeChatModel(ChatModel):
+    """A scripted chat model: answers with a fixed reply, word by word, and
+    records every conversation it was given (``self.calls``)."""
+
+    name = "fake"
+
+    def __init__(self, reply: str = "This is a scripted answer.", fail_after: int | None = None):
+        self.reply = reply
+        self.fail_after = fail_after
+        self.calls: list[tuple[list[Message], GenerationParams]] = []
+
+    def stream(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
+        self.calls.append((list(messages), params))
+        for i, word in enumerate(self.reply.split(" ")):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise RuntimeError("scripted failure")
+            yield word if i == 0 else " " + word
+
+
+@pytest.fixture
+def fake_model() -> FakeChatModel:
+    return FakeChatModel()

@@ -1,0 +1,145 @@
+"""End to end: the real server in a subprocess on a free loopback port, driven through
+the page's own handlers with gradio_client: upload a real document, get a streamed
+answer with sources, restart, and find the knowledge base still there."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GEN = ("You are a helpful assistant.", 12, 0.7, 20, 0.8, 5)  # system, max_new_tokens, temp, top_k, top_p, max_round
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(tmp: Path) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               CHATLLM_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1")
+    return env
+
+
+class Server:
+    """``python run.py`` on a free port; waits for /health, stops on exit."""
+
+    def __init__(self, tmp: Path, *args: str, script: str = "run.py"):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp / f"server-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, script, f"--port={self.port}", f"--knowledge-dir={tmp / 'knowledge'}", "--cpu", *args],
+            cwd=ROOT, env=server_env(tmp), stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                r = httpx.get(self.url + "/health", timeout=2)
+                if r.status_code == 200:
+                    return r.json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"server did not come up in {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    started = []
+
+    def start(*args: str, script: str = "run.py") -> Server:
+        srv = Server(tmp_path, *args, script=script)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        if srv.proc.poll() is None:
+            srv.stop()
+
+
+def client_for(url: str):
+    from gradio_client import Client
+
+    return Client(url + "/", verbose=False, analytics_enabled=False, download_files=False)
+
+
+def test_page_upload_streamed_answer_with_sources_and_restart(server, corpus, tmp_path):
+    from gradio_client import handle_file
+
+    srv = server()
+    health = srv.wait()
+    assert health["demo"] is True, "offline with no --model-path: the demo model serves"
+    assert "demo model" in srv.output().lower()
+
+    page = httpx.get(srv.url + "/", timeout=10)
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+
+    client = client_for(srv.url)
+    report, status = client.predict(
+        [handle_file(corpus / "deepspeed" / "README.md"), handle_file(corpus / "pdf" / "libreoffice-writer-password.pdf")],
+        api_name="/ingest")
+    assert "README.md" in report and "added" in report
+    assert "libreoffice-writer-password.pdf" in report and "refused" in report
+    assert "1 file(s)" in status
+
+    job = client.submit("How do I install DeepSpeed?", 3, 0.0, *GEN, api_name="/rag_chat")
+    updates = list(job)
+    chatbot, box, sources = job.outputs()[-1]
+    assert len(job.outputs()) >= 3, f"answer not streamed: {len(job.outputs())} update(s)"
+    assert "README\\.md" in sources and "pip install deepspeed" in sources
+    assert chatbot[0]["role"] == "user"
+    assert updates, "the job yielded its streamed updates"
+
+    # Chat tab: two rounds in one session keep the history.
+    client.predict("hello", *GEN, api_name="/chat")
+    chatbot, box = client.predict("and again", *GEN, api_name="/chat")
+    assert [m["role"] for m in chatbot] == ["user", "assistant", "user", "assistant"]
+
+    chunks = health_after = srv.wait()["knowledge_base"]["chunks"]
+    assert chunks > 0
+    srv.stop()
+
+    again = server()
+    health_after = again.wait()
+    assert health_after["knowledge_base"]["chunks"] == chunks, "the knowledge base survives a restart"
+    job = client_for(again.url).submit("How do I install DeepSpeed?", 3, 0.0, *GEN, api_name="/rag_chat")
+    list(job)
+    assert "pip install deepspeed" in job.outputs()[-1][2]
+
+
+def test_webui_server_script_with_bad_model_path_exits_nonzero(server, tmp_path):
+    missing = tmp_path / "no-such-model"
+    srv = server(f"--model-path={missing}", script="webui/webui_server.py")
+    assert srv.proc.wait(timeout=120) != 0
+    out = srv.output()
+    assert str(missing) in out
+    assert "error" in out.lower()

@@ -1,0 +1,142 @@
+"""rag.embeddings: the bundled model, fallbacks, query instructions, offline loading."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+import rag.embeddings as emb
+from rag import BUNDLED_EMBEDDING_MODEL, DEFAULT_EMBEDDING_MODEL, Embedder, EmbeddingLoadError, load_embedder
+
+try:  # tests/ is a package (tests/__init__.py); fall back to rootdir-relative import without it
+    from tests.rag_fixtures import bundled_embedder
+except ImportError:  # pragma: no cover
+    from rag_fixtures import bundled_embedder
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return bundled_embedder()
+
+
+def test_bundled_model_shapes_and_normalisation(embedder):
+    assert embedder.name == BUNDLED_EMBEDDING_MODEL
+    assert embedder.dim == 384
+    vectors = embedder.embed_documents(["pip install deepspeed", "Paris is the capital of France.", "深度学习"])
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    query = embedder.embed_query("How do I install DeepSpeed?")
+    assert query.dtype == np.float32 and query.shape == (384,)
+    assert abs(np.linalg.norm(query) - 1.0) < 1e-5
+    scores = vectors @ query
+    assert scores[0] > scores[1] + 0.3  # the install sentence is far closer than the unrelated one
+
+
+def test_empty_input_gives_zero_rows(embedder):
+    out = embedder.embed_documents([])
+    assert out.shape == (0, 384) and out.dtype == np.float32
+
+
+def test_default_model_name():
+    assert DEFAULT_EMBEDDING_MODEL == "BAAI/bge-m3"
+
+
+def test_unavailable_default_falls_back_to_bundled_with_warning(monkeypatch, caplog, embedder):
+    # make sure the "default" cannot be in any cache, and reuse the loaded bundled model
+    monkeypatch.setattr(emb, "DEFAULT_EMBEDDING_MODEL", "no-such-org/no-such-embedding-model")
+    monkeypatch.setattr(emb, "_load_bundled", lambda device: embedder)
+    with caplog.at_level(logging.WARNING, logger="rag.embeddings"):
+        got = load_embedder(None, device="cpu")
+    assert got is embedder
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "no-such-org/no-such-embedding-model" in warning
+    assert "Chinese" in warning and "--embedding-model" in warning
+
+
+def test_explicit_unavailable_model_raises_naming_it(monkeypatch):
+    monkeypatch.setattr(emb, "_load_bundled", lambda device: pytest.fail("must not fall back"))
+    with pytest.raises(EmbeddingLoadError) as info:
+        load_embedder("no-such-org/no-such-embedding-model", device="cpu")
+    assert "no-such-org/no-such-embedding-model" in str(info.value)
+    assert "--embedding-model" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["bundled", BUNDLED_EMBEDDING_MODEL])
+def test_bundled_aliases(monkeypatch, name):
+    sentinel = object()
+    monkeypatch.setattr(emb, "_load_bundled", lambda device: sentinel)
+    assert load_embedder(name, device="cpu") is sentinel
+
+
+class _RecordingST:
+    """Stands in for sentence_transformers.SentenceTransformer; records how it is called."""
+
+    calls: list = []
+    fail_local = True
+
+    def __init__(self, name, **kwargs):
+        type(self).calls.append((name, kwargs))
+        if kwargs.get("local_files_only") and type(self).fail_local:
+            raise OSError("not in the local cache")
+
+
+@pytest.fixture
+def recording_st(monkeypatch):
+    import sentence_transformers
+
+    _RecordingST.calls = []
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", _RecordingST)
+    return _RecordingST
+
+
+def test_hub_id_tries_local_cache_first_then_the_hub(monkeypatch, recording_st):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    emb._load_sentence_transformer("BAAI/bge-small-zh-v1.5", "cpu")
+    assert [c[1].get("local_files_only", False) for c in recording_st.calls] == [True, False]
+
+
+def test_offline_mode_never_tries_the_hub(recording_st):
+    with pytest.raises(OSError):  # conftest sets HF_HUB_OFFLINE=1
+        emb._load_sentence_transformer("BAAI/bge-small-zh-v1.5", "cpu")
+    assert [c[1].get("local_files_only", False) for c in recording_st.calls] == [True]
+
+
+def test_local_folder_is_loaded_directly(tmp_path, recording_st):
+    emb._load_sentence_transformer(str(tmp_path), "cpu")
+    assert recording_st.calls == [(str(tmp_path), {"device": "cpu"})]
+
+
+@pytest.mark.parametrize("name, instruction", [
+    ("BAAI/bge-large-zh-v1.5", "为这个句子生成表示以用于检索相关文章："),
+    ("BAAI/bge-small-zh-v1.5", "为这个句子生成表示以用于检索相关文章："),
+    ("/models/bge-base-en-v1.5/", "Represent this sentence for searching relevant passages: "),
+    ("BAAI/bge-m3", ""),
+    ("BAAI/bge-reranker-base", ""),
+    (BUNDLED_EMBEDDING_MODEL, ""),
+])
+def test_query_instruction_only_where_the_family_needs_it(name, instruction):
+    assert emb.query_instruction_for(name) == instruction
+
+
+class _FakeST:
+    def __init__(self):
+        self.seen = []
+
+    def get_embedding_dimension(self):
+        return 4
+
+    def encode(self, texts, **kwargs):
+        self.seen.extend(texts)
+        assert kwargs.get("normalize_embeddings") is True
+        return np.tile(np.array([[0.5, 0.5, 0.5, 0.5]], dtype=np.float64), (len(texts), 1))
+
+
+def test_instruction_goes_on_queries_not_on_documents():
+    model = _FakeST()
+    embedder = Embedder(model, "BAAI/bge-base-zh-v1.5")
+    embedder.embed_documents(["文档内容"])
+    q = embedder.embed_query("如何安装deepspeed")
+    assert model.seen == ["文档内容", "为这个句子生成表示以用于检索相关文章：如何安装deepspeed"]
+    assert q.shape == (4,) and q.dtype == np.float32

@@ -1,0 +1,173 @@
+"""Command-line flags -> one typed :class:`Settings` object.
+
+Every flag of the PAI-EAS ChatLLM-WebUI is accepted (``--model-path --cpu
+--precision --port --api-only --no-api --max-new-tokens --temperature
+--max_round --top_k --top_p --no-template --log-level --export-history-path
+--export-interval --model-type``), each under both its dash and its underscore
+spelling.  Nothing here runs at import time: :func:`parse_settings` builds the
+parser when it is called.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from llm.base import GenerationParams
+from llm.loader import DEFAULT_MODEL_PATH
+from llm.templates import MODEL_TYPES
+from rag.embeddings import DEFAULT_EMBEDDING_MODEL
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_KNOWLEDGE_DIR = PROJECT_ROOT / "knowledge"
+# Qwen2.5-Instruct's own generation_config.json: temperature 0.7, top_p 0.8, top_k 20.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+LATER = "(accepted now; takes effect with the API issue)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs, typed; built by :func:`parse_settings`.
+
+    Generation defaults (``temperature``, ``top_k``, ``top_p``) are those of
+    Qwen2.5-Instruct's ``generation_config.json``.  Sizes are in tokens for the
+    model and in characters for chunks.  ``model_path`` None means "the default
+    model, or the built-in demo model when it cannot be loaded";
+    ``embedding_model`` None likewise means "the default embedding model, or the
+    bundled all-MiniLM-L6-v2 when it cannot be loaded".
+    """
+
+    model_path: str | None = None
+    cpu: bool = False
+    precision: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_only: bool = False
+    no_api: bool = False
+    max_new_tokens: int = 1024
+    temperature: float = 0.7
+    top_k: int = 20
+    top_p: float = 0.8
+    max_round: int = 5
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    no_template: bool = False
+    model_type: str | None = None
+    log_level: str = "INFO"
+    export_history_path: str | None = None
+    export_interval: int = 3600
+    knowledge_dir: Path = field(default_factory=lambda: DEFAULT_KNOWLEDGE_DIR)
+    knowledge_base: str = "default"
+    embedding_model: str | None = None
+    chunk_size: int = 500
+    chunk_overlap: int = 50
+    retrieval_top_k: int = 3
+    score_threshold: float = 0.3
+    demo_dir: Path | None = None
+
+    def generation_params(self, **overrides) -> GenerationParams:
+        """The server-wide sampling defaults as :class:`GenerationParams`, with overrides."""
+        values = dict(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+        )
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return GenerationParams(**values)
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Add ``--name`` under its dash and its underscore spelling (PAI-EAS uses both)."""
+    dash, under = "--" + name.replace("_", "-"), "--" + name.replace("-", "_")
+    spellings = [dash] if dash == under else [dash, under]
+    parser.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``run.py`` / ``webui/webui_server.py``."""
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="chatllm-webui",
+        description="Chat with a local model and a document knowledge base: a Gradio page "
+        "(Chat and LangChain tabs) on http://HOST:PORT.",
+    )
+    g = p.add_argument_group("model")
+    _flag(g, "model-path", default=None, metavar="PATH",
+          help=f"hub id or local folder of a causal chat model (default: {DEFAULT_MODEL_PATH}; when it cannot "
+          "be loaded and no path is given, a tiny random-weight demo model is served)")
+    _flag(g, "cpu", action="store_true", help="run the model on CPU even when a GPU is present")
+    _flag(g, "precision", default=d.precision, choices=["auto", "fp32", "fp16", "bf16"],
+          help="weights' dtype; auto = bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU")
+    _flag(g, "no-template", action="store_true",
+          help="send the raw prompt without the tokenizer's chat template")
+    _flag(g, "model-type", default=None, choices=list(MODEL_TYPES),
+          help="chat template family to use only when the tokenizer has none")
+    g = p.add_argument_group("generation defaults (the page can change them per session)")
+    _flag(g, "max-new-tokens", type=int, default=d.max_new_tokens, help="most tokens in an answer")
+    _flag(g, "temperature", type=float, default=d.temperature, help="0 = greedy decoding")
+    _flag(g, "top-k", type=int, default=d.top_k, help="sample among the k most likely tokens")
+    _flag(g, "top-p", type=float, default=d.top_p, help="nucleus sampling mass")
+    _flag(g, "max-round", type=int, default=d.max_round,
+          help="history rounds (user + assistant turns) sent back to the model")
+    _flag(g, "system-prompt", default=d.system_prompt, help="default system prompt")
+    g = p.add_argument_group("knowledge base (LangChain tab)")
+    _flag(g, "knowledge-dir", type=Path, default=d.knowledge_dir,
+          help="folder where knowledge bases are persisted (default: ./knowledge of the project)")
+    _flag(g, "embedding-model", default=None, metavar="NAME",
+          help=f"sentence-transformers model, hub id or folder (default: {DEFAULT_EMBEDDING_MODEL}; when the "
+          "default cannot be loaded offline, the bundled all-MiniLM-L6-v2 is used); 'bundled' picks that one")
+    _flag(g, "chunk-size", type=int, default=d.chunk_size, help="chunk size in characters")
+    _flag(g, "chunk-overlap", type=int, default=d.chunk_overlap, help="chunk overlap in characters")
+    _flag(g, "retrieval-top-k", type=int, default=d.retrieval_top_k, help="chunks retrieved per question")
+    _flag(g, "score-threshold", type=float, default=d.score_threshold,
+          help="least cosine similarity for a chunk to be used (-1 keeps all)")
+    g = p.add_argument_group("server")
+    _flag(g, "host", default=d.host, help="address to bind; 0.0.0.0 serves other machines")
+    _flag(g, "port", type=int, default=d.port)
+    _flag(g, "api-only", action="store_true", help=f"serve the API without the page {LATER}")
+    _flag(g, "no-api", action="store_true", help=f"serve the page without the API {LATER}")
+    _flag(g, "log-level", default=d.log_level, type=str.upper,
+          choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    _flag(g, "export-history-path", default=None, help=f"folder for conversation exports {LATER}")
+    _flag(g, "export-interval", type=int, default=d.export_interval,
+          help=f"seconds between conversation exports {LATER}")
+    return p
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into :class:`Settings`.
+
+    Raises:
+        SystemExit: (from argparse, status 2) on an unknown flag or a value out of
+            range; the message names the flag and the allowed values.
+    """
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    settings = Settings(**vars(ns))
+    _check(parser, settings)
+    return settings
+
+
+def _check(parser: argparse.ArgumentParser, s: Settings) -> None:
+    problems = []
+    if not 1 <= s.port <= 65535:
+        problems.append(f"--port must be in 1..65535, got {s.port}")
+    if s.max_new_tokens < 1:
+        problems.append(f"--max-new-tokens must be >= 1, got {s.max_new_tokens}")
+    if s.temperature < 0:
+        problems.append(f"--temperature must be >= 0, got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        problems.append(f"--top_p must be in (0, 1], got {s.top_p}")
+    if s.top_k < 0:
+        problems.append(f"--top_k must be >= 0, got {s.top_k}")
+    if s.max_round < 0:
+        problems.append(f"--max_round must be >= 0, got {s.max_round}")
+    if s.retrieval_top_k < 1:
+        problems.append(f"--retrieval-top-k must be >= 1, got {s.retrieval_top_k}")
+    if not 0 <= s.chunk_overlap < s.chunk_size:
+        problems.append(f"--chunk-overlap ({s.chunk_overlap}) must be >= 0 and below --chunk-size ({s.chunk_size})")
+    if s.api_only and s.no_api:
+        problems.append("--api-only and --no-api exclude each other: pick one")
+    if problems:
+        parser.error("; ".join(problems))

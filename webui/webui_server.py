@@ -1,0 +1,79 @@
+"""Start chatllm-webui: ``python webui/webui_server.py --port=8000 --model-path=Qwen/Qwen2.5-7B-Instruct``.
+
+Parses the flags into :class:`~webui.settings.Settings`, loads the chat model,
+the embedding model and the knowledge base, then serves the page (and API) with
+uvicorn.  ``python run.py`` is the same program.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):  # run as a script: make the project's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+log = logging.getLogger("webui")
+
+
+def load_service(settings):
+    """Load the chat model, embedding model and knowledge base named by ``settings``.
+
+    Returns:
+        webui.services.ChatService
+
+    Raises:
+        llm.base.ModelLoadError: ``--model-path`` was given and cannot be loaded.
+        rag.embeddings.EmbeddingLoadError: ``--embedding-model`` was named and cannot be loaded.
+        rag.store.EmbeddingMismatchError: the knowledge base was built with another embedding model.
+    """
+    from llm.loader import load_chat_model
+    from rag.embeddings import BUNDLED_EMBEDDING_MODEL, load_embedder
+    from rag.store import KnowledgeBase
+    from webui.services import ChatService
+
+    model = load_chat_model(settings.model_path, cpu=settings.cpu, precision=settings.precision,
+                            use_template=not settings.no_template, model_type=settings.model_type,
+                            demo_dir=settings.demo_dir)
+    embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None)
+    fallback = embedder.name == BUNDLED_EMBEDDING_MODEL and settings.embedding_model is None
+    kb = KnowledgeBase.open(settings.knowledge_dir / settings.knowledge_base, embedder,
+                            chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap)
+    log.info("knowledge base %s: %d file(s), %d chunk(s)", kb.directory, len(kb.files()), len(kb))
+    return ChatService(model, kb, settings, embedding_fallback=fallback)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, load everything, serve until interrupted. Returns the exit status:
+    0 after a normal shutdown, 2 when the model, embedding model or knowledge base cannot be opened."""
+    from llm.base import ModelLoadError
+    from rag.embeddings import EmbeddingLoadError
+    from rag.store import EmbeddingMismatchError
+    from webui.settings import parse_settings
+
+    settings = parse_settings(argv)
+    # A self-hosted tool phones no one: Gradio's usage analytics stay off unless asked for.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        service = load_service(settings)
+    except (ModelLoadError, EmbeddingLoadError, EmbeddingMismatchError) as exc:
+        log.error("%s", exc)
+        print(f"chatllm-webui: error: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from webui.app import create_app
+
+    app = create_app(service)
+    log.info("serving http://%s:%d", "localhost" if settings.host in ("127.0.0.1", "localhost") else settings.host,
+             settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
