@@ -50,3 +50,11 @@ class FakeChatModel(ChatModel):
 @pytest.fixture
 def fake_model() -> FakeChatModel:
     return FakeChatModel()
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real bundled all-MiniLM-L6-v2 embedding model, loaded once per session."""
+    from .rag_fixtures import bundled_embedder
+
+    return bundled_embedder()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.embeddings import load_embedder
-from rag.store import KnowledgeBase
+from rag.registry import KnowledgeBaseRegistry
 from webui.services import ChatService
 from webui.settings import Settings
 from webui.ui import PageHandlers, build_blocks, plain_markdown
@@ -15,15 +14,10 @@ from .conftest import FakeChatModel  # noqa: F401
 GEN = ("You are terse.", 32, 0.7, 20, 0.8)  # system prompt, max_new_tokens, temperature, top_k, top_p
 
 
-@pytest.fixture(scope="module")
-def embedder():
-    return load_embedder("bundled")
-
-
 @pytest.fixture
 def service(tmp_path, embedder):
-    kb = KnowledgeBase.open(tmp_path / "kb", embedder)
-    return ChatService(FakeChatModel("Install it with pip ."), kb, Settings(knowledge_dir=tmp_path))
+    registry = KnowledgeBaseRegistry(tmp_path / "knowledge", embedder)
+    return ChatService(FakeChatModel("Install it with pip ."), registry, Settings(knowledge_dir=tmp_path / "knowledge"))
 
 
 def run_chat(handlers, message, history, max_round=5):
@@ -99,7 +93,7 @@ def test_ingest_reports_each_file_and_survives_a_bad_one(service, corpus):
     assert "added" in lines["README.md"] and "added" in lines["blk-paras-and-tables.docx"]
     assert "refused" in lines["libreoffice-writer-password.pdf"]
     assert "password" in lines["libreoffice-writer-password.pdf"].lower()
-    assert len(service.knowledge_base.files()) == 2
+    assert len(service.knowledge_base().files()) == 2
     assert "2 file(s)" in status
 
 

@@ -31,9 +31,10 @@ def create_app(service: ChatService) -> FastAPI:
     def health() -> dict:
         """Liveness and what is loaded: model name, demo flag, knowledge-base size in chunks."""
         svc: ChatService = app.state.service
+        kb = svc.knowledge_base()
         return {"status": "ok", "model": svc.model.name, "demo": svc.model.is_demo,
-                "knowledge_base": {"name": svc.knowledge_base.directory.name, "chunks": len(svc.knowledge_base),
-                                   "embedding_model": svc.knowledge_base.embedding_model}}
+                "knowledge_base": {"name": kb.directory.name, "chunks": len(kb),
+                                   "embedding_model": kb.embedding_model}}
 
     page = build_blocks(service)
     # One generation at a time per event; the model itself serialises generate calls.

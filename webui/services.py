@@ -1,6 +1,6 @@
-"""What the page (and later the API) does with the model and the knowledge base.
+"""What the page and the API do with the model and the knowledge bases.
 
-:class:`ChatService` holds the loaded chat model and knowledge base; it keeps
+:class:`ChatService` holds the loaded chat model and the knowledge bases; it keeps
 no conversation: each caller passes its own history (a browser session's
 ``gr.State``, an API request's ``history``), so nothing leaks between users.
 """
@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 from llm.base import ChatModel, GenerationParams
 from llm.history import build_messages
 from rag.prompt import build_rag_prompt
+from rag.registry import KnowledgeBaseRegistry
 from rag.store import KnowledgeBase
 from rag.types import SearchResult
 
@@ -38,23 +39,35 @@ class RagAnswer:
 
 
 class ChatService:
-    """Chat and knowledge-base answering over one model and one knowledge base.
+    """Chat and knowledge-base answering over one model and named knowledge bases.
 
     Args:
         model: the chat model (real, demo or a test's fake).
-        knowledge_base: where the LangChain tab stores and retrieves chunks.
+        knowledge_bases: the knowledge bases; ``settings.knowledge_base`` names the
+            one used when a caller names none (it is created on first use).
         settings: server-wide defaults (sampling, max_round, retrieval top_k,
             score threshold, system prompt).
         embedding_fallback: True when the configured embedding model could not be
             loaded and the bundled all-MiniLM-L6-v2 is used instead (the page says so).
     """
 
-    def __init__(self, model: ChatModel, knowledge_base: KnowledgeBase, settings: Settings,
+    def __init__(self, model: ChatModel, knowledge_bases: KnowledgeBaseRegistry, settings: Settings,
                  embedding_fallback: bool = False):
         self.model = model
-        self.knowledge_base = knowledge_base
+        self.knowledge_bases = knowledge_bases
         self.settings = settings
         self.embedding_fallback = embedding_fallback
+
+    def knowledge_base(self, name: str | None = None, *, create: bool = False) -> KnowledgeBase:
+        """The knowledge base ``name`` (default: the server's default one, created if needed).
+
+        Raises:
+            rag.registry.InvalidKnowledgeBaseName, rag.registry.UnknownKnowledgeBase: see
+                :meth:`rag.registry.KnowledgeBaseRegistry.get`.
+        """
+        if name is None:
+            return self.knowledge_bases.get(self.settings.knowledge_base, create=True)
+        return self.knowledge_bases.get(name, create=create)
 
     def stream_chat(self, prompt: str, history: History, *, system_prompt: str | None = None,
                     params: GenerationParams | None = None, max_round: int | None = None) -> Iterator[str]:
@@ -74,10 +87,10 @@ class ChatService:
         )
         return self.model.stream(messages, params or self.settings.generation_params())
 
-    def retrieve(self, question: str, *, top_k: int | None = None,
-                 score_threshold: float | None = None) -> list[SearchResult]:
-        """The knowledge base's best chunks for ``question``, best first (see KnowledgeBase.search)."""
-        return self.knowledge_base.search(
+    def retrieve(self, question: str, *, top_k: int | None = None, score_threshold: float | None = None,
+                 kb: str | None = None) -> list[SearchResult]:
+        """The best chunks of knowledge base ``kb`` for ``question``, best first (see KnowledgeBase.search)."""
+        return self.knowledge_base(kb).search(
             question,
             top_k=top_k or self.settings.retrieval_top_k,
             score_threshold=self.settings.score_threshold if score_threshold is None else score_threshold,
@@ -86,7 +99,7 @@ class ChatService:
     def answer_from_knowledge(self, question: str, history: History, *, top_k: int | None = None,
                               score_threshold: float | None = None, system_prompt: str | None = None,
                               params: GenerationParams | None = None,
-                              max_round: int | None = None) -> RagAnswer:
+                              max_round: int | None = None, kb: str | None = None) -> RagAnswer:
         """Retrieve chunks for ``question``, inject them into the prompt and stream the answer.
 
         ``history`` holds the earlier questions and answers as the user saw them
@@ -97,7 +110,7 @@ class ChatService:
         """
         if not question or not question.strip():
             raise ValueError("the question is empty: type a question first")
-        sources = self.retrieve(question, top_k=top_k, score_threshold=score_threshold)
+        sources = self.retrieve(question, top_k=top_k, score_threshold=score_threshold, kb=kb)
         prompt = build_rag_prompt(question, sources)
         pieces = self.stream_chat(prompt, history, system_prompt=system_prompt, params=params,
                                   max_round=max_round)

@@ -143,14 +143,14 @@ class PageHandlers:
         def on_file(name: str, i: int, n: int) -> None:
             progress((i, n), desc=f"Embedding {name}", unit="files")
 
-        reports = self.service.knowledge_base.add_files(paths, names=[p.name for p in paths], progress=on_file)
+        reports = self.service.knowledge_base().add_files(paths, names=[p.name for p in paths], progress=on_file)
         added = sum(r.chunks for r in reports)
         log.info("ingested %d file(s), %d chunk(s) added", len(reports), added)
         return format_report(reports), self.kb_status()
 
     def kb_status(self) -> str:
         """One line on the knowledge base: files, chunks, embedding model (and a fallback warning)."""
-        kb = self.service.knowledge_base
+        kb = self.service.knowledge_base()
         files = kb.files()
         line = (f"Knowledge base **{html.escape(kb.directory.name)}**: {len(files)} file(s), {len(kb)} chunk(s); "
                 f"embedding model `{kb.embedding_model}`.")
@@ -168,7 +168,7 @@ class PageHandlers:
             gr.Warning("Type a question first.")
             yield to_chat_messages(history), history, "", ""
             return
-        if len(self.service.knowledge_base) == 0:
+        if len(self.service.knowledge_base()) == 0:
             gr.Warning("The knowledge base is empty: upload files and click 'Vectorstore knowledge' first.")
         answer = self.service.answer_from_knowledge(
             question, history, top_k=int(top_k), score_threshold=float(score_threshold),

@@ -31,7 +31,7 @@ def load_service(settings):
     """
     from llm.loader import load_chat_model
     from rag.embeddings import BUNDLED_EMBEDDING_MODEL, load_embedder
-    from rag.store import KnowledgeBase
+    from rag.registry import KnowledgeBaseRegistry
     from webui.services import ChatService
 
     model = load_chat_model(settings.model_path, cpu=settings.cpu, precision=settings.precision,
@@ -39,10 +39,12 @@ def load_service(settings):
                             demo_dir=settings.demo_dir)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None)
     fallback = embedder.name == BUNDLED_EMBEDDING_MODEL and settings.embedding_model is None
-    kb = KnowledgeBase.open(settings.knowledge_dir / settings.knowledge_base, embedder,
-                            chunk_size=settings.chunk_size, chunk_overlap=settings.chunk_overlap)
+    registry = KnowledgeBaseRegistry(settings.knowledge_dir, embedder, chunk_size=settings.chunk_size,
+                                     chunk_overlap=settings.chunk_overlap)
+    service = ChatService(model, registry, settings, embedding_fallback=fallback)
+    kb = service.knowledge_base()  # opens (or creates) the default one now: a mismatch fails at start
     log.info("knowledge base %s: %d file(s), %d chunk(s)", kb.directory, len(kb.files()), len(kb))
-    return ChatService(model, kb, settings, embedding_fallback=fallback)
+    return service
 
 
 def main(argv: Sequence[str] | None = None) -> int:
