@@ -95,6 +95,16 @@ class ChatModel(ABC):
         stops the generation.
         """
 
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens in ``text``. This default counts whitespace-separated
+        words, for models without a tokenizer (test fakes); real models count tokens."""
+        return len(text.split())
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Number of tokens the model reads for ``messages`` (chat template included
+        where the model has one); used for the API's usage counts."""
+        return sum(self.count_tokens(m["content"]) for m in messages)
+
     def chat(self, messages: Sequence[Message], params: GenerationParams) -> str:
         """Return the whole answer at once; see :meth:`stream`."""
         return "".join(self.stream(messages, params))

@@ -137,6 +137,10 @@ class HFChatModel(ChatModel):
         """Number of tokens in ``text`` (no special tokens added)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Number of tokens of the rendered prompt (chat template and special tokens included)."""
+        return len(self._encode(self.render_prompt(messages)))
+
     def stream(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
         """Yield the answer to ``messages`` as non-empty text pieces; see :meth:`ChatModel.stream`.
 

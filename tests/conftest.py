@@ -58,3 +58,22 @@ def embedder():
     from .rag_fixtures import bundled_embedder
 
     return bundled_embedder()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Start the real server: ``server("--flag", ...)`` -> :class:`tests.server_utils.Server`
+    (call ``.wait()`` for it to come up); every one started is stopped afterwards."""
+    from .server_utils import Server
+
+    started = []
+
+    def start(*args: str, script: str = "run.py", env: dict | None = None) -> Server:
+        srv = Server(tmp_path, *args, script=script, env=env)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        if srv.proc.poll() is None:
+            srv.stop()

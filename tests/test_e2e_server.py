@@ -3,87 +3,12 @@ the page's own handlers with gradio_client: upload a real document, get a stream
 answer with sources, restart, and find the knowledge base still there."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 GEN = ("You are a helpful assistant.", 12, 0.7, 20, 0.8, 5)  # system, max_new_tokens, temp, top_k, top_p, max_round
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_env(tmp: Path) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               CHATLLM_CACHE_DIR=str(tmp / "cache"), PYTHONUNBUFFERED="1")
-    return env
-
-
-class Server:
-    """``python run.py`` on a free port; waits for /health, stops on exit."""
-
-    def __init__(self, tmp: Path, *args: str, script: str = "run.py"):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(tmp / f"server-{self.port}.log", "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, script, f"--port={self.port}", f"--knowledge-dir={tmp / 'knowledge'}", "--cpu", *args],
-            cwd=ROOT, env=server_env(tmp), stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout: float = 180) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                r = httpx.get(self.url + "/health", timeout=2)
-                if r.status_code == 200:
-                    return r.json()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"server did not come up in {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
-@pytest.fixture
-def server(tmp_path):
-    started = []
-
-    def start(*args: str, script: str = "run.py") -> Server:
-        srv = Server(tmp_path, *args, script=script)
-        started.append(srv)
-        return srv
-
-    yield start
-    for srv in started:
-        if srv.proc.poll() is None:
-            srv.stop()
 
 
 def client_for(url: str):

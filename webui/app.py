@@ -1,42 +1,88 @@
-"""The ASGI app: FastAPI with the Gradio page mounted at ``/``.
+"""The ASGI app: FastAPI serving the API, with the Gradio page mounted at ``/``.
 
-The loaded model and knowledge base arrive ready-made in a
+The loaded model and knowledge bases arrive ready-made in a
 :class:`~webui.services.ChatService` and are kept in ``app.state.service``;
 routes and page handlers read them from there, never from module globals.
+On ``/`` the API's ``POST`` and WebSocket routes come first; every other
+request on ``/`` (the page, its assets, its own queue) goes to Gradio.
 """
 from __future__ import annotations
 
 import gradio as gr
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import api_knowledge, api_openai, api_pai
+from .api_common import ApiError, error_response
+from .auth import TokenAuthMiddleware
 from .services import ChatService
 from .ui import build_blocks
 
 PAGE_CSS = "#demo-banner { background: #fff3cd; border: 1px solid #f0c36d; padding: 0.5em 1em; border-radius: 6px; }"
 
 
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    field = ".".join(loc) or None
+    return (f"{field}: {first['msg']}" if field else first["msg"]), field
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        # OpenAI answers 400 for any invalid parameter; elsewhere 422 (FastAPI's convention).
+        status = 400 if request.url.path.startswith("/v1/chat/") else 422
+        message, field = _validation_message(exc)
+        return error_response(status, message, param=field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        kind = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error"}
+        return error_response(exc.status_code, str(exc.detail), type=kind.get(exc.status_code, "server_error"))
+
+
 def create_app(service: ChatService) -> FastAPI:
-    """Build the FastAPI app serving the page at ``/`` and ``GET /health``.
+    """Build the app: the API (unless ``--no-api``), the page (unless ``--api-only``),
+    ``GET /health``, and the access-token check when a token is configured.
 
     Args:
-        service: the loaded model and knowledge base, with the server settings.
+        service: the loaded model and knowledge bases, with the server settings.
 
     Returns:
-        A FastAPI app for uvicorn (``uvicorn.run(app, host=..., port=...)``).
+        A FastAPI app for uvicorn; its OpenAPI schema is at ``/openapi.json``.
     """
-    app = FastAPI(title="chatllm-webui", summary="Chat with a local model and a document knowledge base.")
+    settings = service.settings
+    app = FastAPI(title="chatllm-webui", version="0.1.0",
+                  summary="Chat with a local model and document knowledge bases: PAI-EAS ChatLLM and OpenAI "
+                          "protocols, knowledge-base endpoints.",
+                  docs_url="/docs" if not settings.no_api else None)
     app.state.service = service
+    _install_error_handlers(app)
 
     @app.get("/health", tags=["server"])
     def health() -> dict:
-        """Liveness and what is loaded: model name, demo flag, knowledge-base size in chunks."""
+        """Liveness and what is loaded: model name, demo flag, default knowledge base."""
         svc: ChatService = app.state.service
         kb = svc.knowledge_base()
         return {"status": "ok", "model": svc.model.name, "demo": svc.model.is_demo,
                 "knowledge_base": {"name": kb.directory.name, "chunks": len(kb),
                                    "embedding_model": kb.embedding_model}}
 
+    if not settings.no_api:
+        app.include_router(api_openai.router)
+        app.include_router(api_knowledge.router)
+        app.include_router(api_pai.router)
+    if settings.api_token:
+        app.add_middleware(TokenAuthMiddleware, token=settings.api_token)
+    if settings.api_only:
+        return app
     page = build_blocks(service)
-    # One generation at a time per event; the model itself serialises generate calls.
     page.queue(default_concurrency_limit=4)
-    return gr.mount_gradio_app(app, page, path="/", css=PAGE_CSS, footer_links=["api", "settings"])
+    return gr.mount_gradio_app(app, page, path="/", css=PAGE_CSS, footer_links=["api", "settings"],
+                               max_file_size=f"{settings.max_upload_mb}mb")

@@ -10,13 +10,14 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from llm.base import ChatModel, GenerationParams
+from llm.base import ChatModel, GenerationParams, Message
 from llm.history import build_messages
 from rag.prompt import build_rag_prompt
 from rag.registry import KnowledgeBaseRegistry
 from rag.store import KnowledgeBase
 from rag.types import SearchResult
 
+from .export import HistoryExporter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,24 @@ class ChatService:
     """
 
     def __init__(self, model: ChatModel, knowledge_bases: KnowledgeBaseRegistry, settings: Settings,
-                 embedding_fallback: bool = False):
+                 embedding_fallback: bool = False, exporter: HistoryExporter | None = None):
         self.model = model
         self.knowledge_bases = knowledge_bases
         self.settings = settings
         self.embedding_fallback = embedding_fallback
+        self.exporter = exporter
+
+    def record_round(self, channel: str, prompt: str, response: str, history: History = (),
+                     system_prompt: str | None = None, **extra) -> None:
+        """Export one finished round (``--export-history-path``); does nothing when export is off.
+        A failing export is logged, never raised: it must not break the chat."""
+        if self.exporter is None:
+            return
+        try:
+            self.exporter.record(channel=channel, prompt=prompt, response=response, history=history,
+                                 system_prompt=system_prompt, **extra)
+        except OSError:
+            log.exception("could not export the conversation to %s", self.exporter.directory)
 
     def knowledge_base(self, name: str | None = None, *, create: bool = False) -> KnowledgeBase:
         """The knowledge base ``name`` (default: the server's default one, created if needed).
@@ -85,7 +99,16 @@ class ChatService:
             system_prompt=self.settings.system_prompt if system_prompt is None else system_prompt,
             max_round=self.settings.max_round if max_round is None else max_round,
         )
-        return self.model.stream(messages, params or self.settings.generation_params())
+        return self.stream_messages(messages, params or self.settings.generation_params())
+
+    def stream_messages(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
+        """Stream the answer to a whole conversation the caller built (the OpenAI API sends
+        every message itself; no server system prompt or max_round is applied).
+
+        Raises:
+            ValueError: the conversation does not fit in the model's context (real models).
+        """
+        return self.model.stream(messages, params)
 
     def retrieve(self, question: str, *, top_k: int | None = None, score_threshold: float | None = None,
                  kb: str | None = None) -> list[SearchResult]:

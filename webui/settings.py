@@ -23,7 +23,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_KNOWLEDGE_DIR = PROJECT_ROOT / "knowledge"
 # Qwen2.5-Instruct's own generation_config.json: temperature 0.7, top_p 0.8, top_k 20.
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-LATER = "(accepted now; takes effect with the API issue)"
 
 
 @dataclass(frozen=True)
@@ -39,12 +38,15 @@ class Settings:
     """
 
     model_path: str | None = None
+    lora_path: str | None = None
     cpu: bool = False
     precision: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
     api_only: bool = False
     no_api: bool = False
+    api_token: str | None = None
+    max_upload_mb: int = 100
     max_new_tokens: int = 1024
     temperature: float = 0.7
     top_k: int = 20
@@ -96,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "model-path", default=None, metavar="PATH",
           help=f"hub id or local folder of a causal chat model (default: {DEFAULT_MODEL_PATH}; when it cannot "
           "be loaded and no path is given, a tiny random-weight demo model is served)")
+    _flag(g, "lora-path", default=None, metavar="PATH",
+          help="folder of a LoRA adapter (peft) to apply on top of --model-path")
     _flag(g, "cpu", action="store_true", help="run the model on CPU even when a GPU is present")
     _flag(g, "precision", default=d.precision, choices=["auto", "fp32", "fp16", "bf16"],
           help="weights' dtype; auto = bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU")
@@ -125,13 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("server")
     _flag(g, "host", default=d.host, help="address to bind; 0.0.0.0 serves other machines")
     _flag(g, "port", type=int, default=d.port)
-    _flag(g, "api-only", action="store_true", help=f"serve the API without the page {LATER}")
-    _flag(g, "no-api", action="store_true", help=f"serve the page without the API {LATER}")
+    _flag(g, "api-only", action="store_true", help="serve the API without the page")
+    _flag(g, "no-api", action="store_true", help="serve the page without the API")
+    _flag(g, "api-token", default=None, metavar="TOKEN",
+          help="require this token (header 'Authorization: TOKEN' or 'Bearer TOKEN'; in a browser "
+          "/?token=TOKEN once) on the page, the API and the WebSocket; default $CHATLLM_API_TOKEN")
+    _flag(g, "max-upload-mb", type=int, default=d.max_upload_mb, help="largest file accepted by an upload, in MB")
     _flag(g, "log-level", default=d.log_level, type=str.upper,
           choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
-    _flag(g, "export-history-path", default=None, help=f"folder for conversation exports {LATER}")
+    _flag(g, "export-history-path", default=None, metavar="DIR",
+          help="append every finished conversation round to JSON Lines files in DIR")
     _flag(g, "export-interval", type=int, default=d.export_interval,
-          help=f"seconds between conversation exports {LATER}")
+          help="seconds covered by one export file (a new file starts after each)")
     return p
 
 
@@ -167,6 +176,10 @@ def _check(parser: argparse.ArgumentParser, s: Settings) -> None:
         problems.append(f"--retrieval-top-k must be >= 1, got {s.retrieval_top_k}")
     if not 0 <= s.chunk_overlap < s.chunk_size:
         problems.append(f"--chunk-overlap ({s.chunk_overlap}) must be >= 0 and below --chunk-size ({s.chunk_size})")
+    if s.export_interval < 1:
+        problems.append(f"--export-interval must be >= 1 second, got {s.export_interval}")
+    if s.max_upload_mb < 1:
+        problems.append(f"--max-upload-mb must be >= 1, got {s.max_upload_mb}")
     if s.api_only and s.no_api:
         problems.append("--api-only and --no-api exclude each other: pick one")
     if problems:

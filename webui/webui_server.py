@@ -36,12 +36,17 @@ def load_service(settings):
 
     model = load_chat_model(settings.model_path, cpu=settings.cpu, precision=settings.precision,
                             use_template=not settings.no_template, model_type=settings.model_type,
-                            demo_dir=settings.demo_dir)
+                            demo_dir=settings.demo_dir, lora_path=settings.lora_path)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None)
     fallback = embedder.name == BUNDLED_EMBEDDING_MODEL and settings.embedding_model is None
     registry = KnowledgeBaseRegistry(settings.knowledge_dir, embedder, chunk_size=settings.chunk_size,
                                      chunk_overlap=settings.chunk_overlap)
-    service = ChatService(model, registry, settings, embedding_fallback=fallback)
+    exporter = None
+    if settings.export_history_path:
+        from webui.export import HistoryExporter
+
+        exporter = HistoryExporter(settings.export_history_path, settings.export_interval)
+    service = ChatService(model, registry, settings, embedding_fallback=fallback, exporter=exporter)
     kb = service.knowledge_base()  # opens (or creates) the default one now: a mismatch fails at start
     log.info("knowledge base %s: %d file(s), %d chunk(s)", kb.directory, len(kb.files()), len(kb))
     return service
@@ -50,12 +55,17 @@ def load_service(settings):
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, load everything, serve until interrupted. Returns the exit status:
     0 after a normal shutdown, 2 when the model, embedding model or knowledge base cannot be opened."""
+    from dataclasses import replace
+
     from llm.base import ModelLoadError
     from rag.embeddings import EmbeddingLoadError
     from rag.store import EmbeddingMismatchError
+    from webui.auth import ENV_VAR
     from webui.settings import parse_settings
 
     settings = parse_settings(argv)
+    if not settings.api_token and os.environ.get(ENV_VAR):
+        settings = replace(settings, api_token=os.environ[ENV_VAR])
     # A self-hosted tool phones no one: Gradio's usage analytics stay off unless asked for.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -71,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from webui.app import create_app
 
     app = create_app(service)
+    if not settings.api_token and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s with no access token: anyone who can reach this port can use the model "
+                    "and the knowledge bases; set --api-token or $%s", settings.host, ENV_VAR)
     log.info("serving http://%s:%d", "localhost" if settings.host in ("127.0.0.1", "localhost") else settings.host,
              settings.port)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())

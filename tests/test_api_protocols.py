@@ -1,0 +1,355 @@
+"""The HTTP/WebSocket API in process (FastAPI TestClient, scripted model): PAI-EAS
+protocol details, OpenAI shapes, knowledge endpoints, tokens, modes, export."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rag.registry import KnowledgeBaseRegistry
+from webui.app import create_app
+from webui.export import HistoryExporter
+from webui.services import ChatService
+from webui.settings import Settings
+
+from .conftest import FakeChatModel
+
+REPLY = "DeepSpeed installs with pip install deepspeed ."
+
+
+@pytest.fixture
+def make_client(tmp_path, embedder):
+    def make(**settings) -> TestClient:
+        s = Settings(knowledge_dir=tmp_path / "knowledge", **settings)
+        service = ChatService(FakeChatModel(REPLY), KnowledgeBaseRegistry(s.knowledge_dir, embedder), s)
+        if s.export_history_path:
+            service.exporter = HistoryExporter(s.export_history_path, s.export_interval)
+        return TestClient(create_app(service))
+    return make
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+def model_of(client: TestClient) -> FakeChatModel:
+    return client.app.state.service.model
+
+
+# ----------------------------------------------------------------- PAI-EAS over HTTP
+
+def test_json_request_gets_response_and_history(client):
+    r = client.post("/", json={"prompt": "How to install?", "history": [["hi", "hello"]], "temperature": 0})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["response"] == REPLY
+    assert body["history"] == [["hi", "hello"], ["How to install?", REPLY]]
+    sent, params = model_of(client).calls[-1]
+    assert [m["content"] for m in sent if m["role"] != "system"] == ["hi", "hello", "How to install?"]
+    assert params.greedy
+
+
+def test_langchain_style_body_nulls_unknown_fields_and_string_booleans(client):
+    body = {"prompt": "q", "max_new_tokens": 7, "temperature": 0.5, "top_k": 3, "top_p": 0.9,
+            "stop_sequences": [], "stop": None, "do_sample": "True", "use_cache": "False", "whatever": 1}
+    r = client.post("/", json=body)
+    assert r.status_code == 200, r.text
+    _, params = model_of(client).calls[-1]
+    assert (params.max_new_tokens, params.temperature, params.top_k, params.top_p, params.do_sample) == (7, 0.5, 3, 0.9, True)
+
+
+def test_plain_text_body_is_the_prompt(client):
+    r = client.post("/", content="你好".encode(), headers={"content-type": "text/plain"})
+    assert r.json()["history"] == [["你好", REPLY]]
+
+
+def test_stream_is_nul_delimited_json_deltas(client):
+    with client.stream("POST", "/", json={"prompt": "q", "use_stream_chat": True}) as r:
+        raw = b"".join(r.iter_bytes())
+    parts = [json.loads(p) for p in raw.split(b"\0") if p]
+    assert len(parts) == len(REPLY.split(" "))
+    assert "".join(p["response"] for p in parts) == REPLY
+    assert parts[-1]["history"] == [["q", REPLY]]
+    assert parts[1]["history"] == [["q", parts[0]["response"] + parts[1]["response"]]]
+
+
+def test_stream_failure_is_reported_in_band(client):
+    client.app.state.service.model = FakeChatModel("a b c d", fail_after=2)
+    with client.stream("POST", "/", json={"prompt": "q", "use_stream_chat": "true"}) as r:
+        parts = [json.loads(p) for p in b"".join(r.iter_bytes()).split(b"\0") if p]
+    assert "generation failed" in parts[-1]["error"]
+    assert parts[-1]["history"] == []
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    (b"{not json", 400, "malformed JSON"),
+    (json.dumps({"prompt": "q", "temperature": -1}).encode(), 422, "temperature"),
+    (json.dumps({"prompt": "q", "top_p": 1.5}).encode(), 422, "top_p"),
+    (json.dumps({"prompt": ""}).encode(), 422, "prompt"),
+    (json.dumps({"history": []}).encode(), 422, "prompt"),
+    (json.dumps([1, 2]).encode(), 422, "object"),
+    (json.dumps({"prompt": "q", "history": [["only one"]]}).encode(), 422, "history"),
+    (b"", 422, "prompt"),
+])
+def test_bad_requests_name_the_field(client, body, status, needle):
+    r = client.post("/", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+    assert model_of(client).calls == []
+
+
+def test_langchain_mode_answers_from_the_knowledge_base_with_sources(client, corpus):
+    readme = corpus / "deepspeed" / "README.md"
+    up = client.post("/v1/knowledge/default/files", files=[("files", ("README.md", readme.read_bytes()))])
+    assert up.json()["files"][0]["status"] == "added"
+    r = client.post("/", json={"prompt": "How do I install DeepSpeed?", "langchain": True, "score_threshold": 0})
+    body = r.json()
+    assert body["response"] == REPLY
+    assert body["sources"] and body["sources"][0]["source"] == "README.md"
+    assert any("pip install deepspeed" in s["text"] for s in body["sources"])
+    sent, _ = model_of(client).calls[-1]
+    assert "pip install deepspeed" in sent[-1]["content"]
+    assert body["history"] == [["How do I install DeepSpeed?", REPLY]], "history keeps the question, not the prompt"
+
+
+def test_langchain_mode_unknown_knowledge_base_is_404(client):
+    r = client.post("/", json={"prompt": "q", "langchain": True, "knowledge_base": "nope"})
+    assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
+
+
+# ----------------------------------------------------------------- PAI-EAS over WebSocket
+
+def test_websocket_conversation_keeps_history_and_ends_with_eos(client):
+    with client.websocket_connect("/") as ws:
+        ws.send_text(json.dumps({"prompt": "first"}))
+        first = json.loads(ws.receive_text())
+        assert ws.receive_text() == "<EOS>"
+        assert first["response"] == REPLY
+        ws.send_text(json.dumps({"prompt": "second", "use_stream_chat": True}))
+        pieces = []
+        while (msg := ws.receive_text()) != "<EOS>":
+            pieces.append(json.loads(msg))
+        assert len(pieces) > 1 and "".join(p["response"] for p in pieces) == REPLY
+        assert pieces[-1]["history"] == [["first", REPLY], ["second", REPLY]]
+        ws.send_text("third, as plain text")
+        third = json.loads(ws.receive_text())
+        assert ws.receive_text() == "<EOS>"
+        assert [h[0] for h in third["history"]] == ["first", "second", "third, as plain text"]
+
+
+def test_websocket_history_is_trimmed_to_max_round(make_client):
+    client = make_client(max_round=1)
+    with client.websocket_connect("/") as ws:
+        for q in ("a", "b", "c"):
+            ws.send_text(json.dumps({"prompt": q}))
+            last = json.loads(ws.receive_text())
+            ws.receive_text()
+    assert [h[0] for h in last["history"]] == ["b", "c"]
+    sent, _ = model_of(client).calls[-1]
+    assert [m["content"] for m in sent if m["role"] == "user"] == ["b", "c"]
+
+
+def test_websocket_bad_request_gets_error_then_eos_and_stays_open(client):
+    with client.websocket_connect("/") as ws:
+        ws.send_text(json.dumps({"prompt": "q", "temperature": -2}))
+        assert "temperature" in json.loads(ws.receive_text())["error"]
+        assert ws.receive_text() == "<EOS>"
+        ws.send_text(json.dumps({"prompt": "q"}))
+        assert json.loads(ws.receive_text())["response"] == REPLY
+
+
+def test_separate_connections_do_not_share_history(client):
+    with client.websocket_connect("/") as a, client.websocket_connect("/") as b:
+        a.send_text(json.dumps({"prompt": "I am Alice"}))
+        a.receive_text(), a.receive_text()
+        b.send_text(json.dumps({"prompt": "who am I?"}))
+        reply = json.loads(b.receive_text())
+    assert reply["history"] == [["who am I?", REPLY]]
+
+
+# ----------------------------------------------------------------- OpenAI
+
+def test_models_and_completion_with_usage(client):
+    assert client.get("/v1/models").json()["data"][0]["id"] == "fake"
+    r = client.post("/v1/chat/completions", json={
+        "model": "fake", "max_tokens": 50, "temperature": 0,
+        "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                     {"role": "assistant", "content": "hello"},
+                     {"role": "user", "content": [{"type": "text", "text": "install?"}]}]})
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": REPLY}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    words = len(REPLY.split())
+    assert body["usage"]["completion_tokens"] == words
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + words
+    sent, params = model_of(client).calls[-1]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[-1]["content"] == "install?" and params.max_new_tokens == 50
+
+
+def test_finish_reason_length_when_max_tokens_reached(client):
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "q"}], "max_tokens": 3})
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_sse_stream_ends_with_done(client):
+    with client.stream("POST", "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "q"}], "stream": True,
+            "stream_options": {"include_usage": True}}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == REPLY
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == len(REPLY.split())
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"model": "gpt-4", "messages": [{"role": "user", "content": "q"}]}, 404, "model"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "q"}], "temperature": 3}, 400, "temperature"),
+    ({"messages": [{"role": "user", "content": "q"}], "n": 2}, 400, "n"),
+    ({"messages": [{"role": "assistant", "content": "q"}]}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "messages.0.content"),
+])
+def test_openai_errors_have_the_openai_shape(client, body, status, param):
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["param"] == param
+
+
+# ----------------------------------------------------------------- knowledge endpoints
+
+def test_knowledge_upload_list_search_delete(client, corpus):
+    files = [("files", ("README.md", (corpus / "deepspeed" / "README.md").read_bytes())),
+             ("files", ("locked.pdf", (corpus / "pdf" / "libreoffice-writer-password.pdf").read_bytes())),
+             ("files", ("zero.md", (corpus / "deepspeed" / "zero.md").read_bytes())),
+             ("files", ("notes.exe", b"MZ..."))]
+    r = client.post("/v1/knowledge/manuals/files", files=files)
+    assert r.status_code == 200
+    report = {f["name"]: f for f in r.json()["files"]}
+    assert [f["name"] for f in r.json()["files"]] == ["README.md", "locked.pdf", "zero.md", "notes.exe"]
+    assert report["README.md"]["status"] == "added" and report["README.md"]["chunks"] > 0
+    assert report["locked.pdf"]["status"] == "refused" and "password" in report["locked.pdf"]["reason"]
+    assert report["notes.exe"]["status"] == "refused"
+    assert report["zero.md"]["status"] == "added"
+
+    listed = client.get("/v1/knowledge/manuals/files").json()["files"]
+    assert {f["name"]: f["chunks"] for f in listed} == {"README.md": report["README.md"]["chunks"],
+                                                        "zero.md": report["zero.md"]["chunks"]}
+    kbs = client.get("/v1/knowledge").json()["knowledge_bases"]
+    assert {k["name"] for k in kbs} >= {"manuals"}
+
+    hits = client.post("/v1/knowledge/manuals/search", json={"query": "How do I install DeepSpeed?", "top_k": 3}).json()
+    assert len(hits["results"]) == 3
+    assert hits["results"][0]["score"] >= hits["results"][-1]["score"]
+    assert any("pip install deepspeed" in h["text"] for h in hits["results"])
+
+    gone = client.delete("/v1/knowledge/manuals/files/README.md").json()
+    assert gone["chunks_removed"] == report["README.md"]["chunks"]
+    hits = client.post("/v1/knowledge/manuals/search", json={"query": "How do I install DeepSpeed?"}).json()
+    assert all(h["source"] == "zero.md" for h in hits["results"])
+
+
+@pytest.mark.parametrize("method, path, kwargs, status", [
+    ("get", "/v1/knowledge/missing/files", {}, 404),
+    ("post", "/v1/knowledge/missing/search", {"json": {"query": "q"}}, 404),
+    ("delete", "/v1/knowledge/missing/files/a.md", {}, 404),
+    ("post", "/v1/knowledge/default/search", {"json": {"query": ""}}, 422),
+    ("post", "/v1/knowledge/default/search", {"json": {"query": "q", "top_k": 0}}, 422),
+    ("get", "/v1/knowledge/bad%20name%21/files", {}, 400),
+    ("get", "/v1/knowledge/.hidden/files", {}, 400),
+])
+def test_knowledge_errors(client, method, path, kwargs, status):
+    client.get("/health")  # creates the default knowledge base
+    r = getattr(client, method)(path, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+
+
+def test_upload_over_the_size_limit_is_refused_and_the_rest_added(make_client, corpus):
+    client = make_client(max_upload_mb=1)
+    big = b"word " * 300_000
+    r = client.post("/v1/knowledge/default/files", files=[
+        ("files", ("big.txt", big)), ("files", ("zero.md", (corpus / "deepspeed" / "zero.md").read_bytes()))])
+    report = r.json()["files"]
+    assert report[0]["status"] == "refused" and "1 MB" in report[0]["reason"]
+    assert report[1]["status"] == "added"
+
+
+def test_openapi_documents_every_route(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for p in ("/", "/v1/models", "/v1/chat/completions", "/v1/knowledge", "/v1/knowledge/{kb}/files",
+              "/v1/knowledge/{kb}/files/{name}", "/v1/knowledge/{kb}/search"):
+        assert p in paths, p
+    assert "text/plain" in paths["/"]["post"]["requestBody"]["content"]
+
+
+# ----------------------------------------------------------------- tokens and modes
+
+def test_token_required_everywhere_when_configured(make_client):
+    client = make_client(api_token="s3cret")
+    assert client.post("/", json={"prompt": "q"}).status_code == 401
+    assert client.post("/", json={"prompt": "q"}, headers={"Authorization": "wrong"}).status_code == 401
+    assert client.post("/", json={"prompt": "q"}, headers={"Authorization": "s3cret"}).status_code == 200
+    ok = client.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    denied = client.get("/v1/models")
+    assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"
+    assert client.get("/", headers={"accept": "text/html"}).status_code == 401, "the page needs it too"
+    from starlette.websockets import WebSocketDisconnect
+    with pytest.raises(WebSocketDisconnect):
+        with client.websocket_connect("/") as ws:
+            ws.receive_text()
+    with client.websocket_connect("/", headers={"Authorization": "s3cret"}) as ws:
+        ws.send_text(json.dumps({"prompt": "q"}))
+        assert json.loads(ws.receive_text())["response"] == REPLY
+    assert client.get("/health").status_code == 200, "health stays open for load balancers"
+
+
+def test_browser_token_in_query_sets_a_cookie(make_client):
+    client = make_client(api_token="s3cret")
+    r = client.get("/?token=s3cret")
+    assert r.status_code == 200
+    assert "chatllm_token=s3cret" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
+    assert client.get("/v1/models").status_code == 200, "the cookie authorises later requests"
+
+
+def test_api_only_serves_no_page(make_client):
+    client = make_client(api_only=True)
+    assert client.get("/").status_code in (404, 405)
+    assert client.post("/", json={"prompt": "q"}).status_code == 200
+
+
+def test_no_api_serves_the_page_only(make_client):
+    client = make_client(no_api=True)
+    assert client.get("/").status_code == 200
+    assert client.get("/v1/models").status_code == 404
+    assert client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "q"}]}).status_code in (404, 405)
+
+
+# ----------------------------------------------------------------- export
+
+def test_rounds_from_every_protocol_are_exported(make_client, tmp_path):
+    client = make_client(export_history_path=str(tmp_path / "export"), export_interval=3600)
+    client.post("/", json={"prompt": "p1", "history": [["a", "b"]]})
+    client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": "S"},
+                                                           {"role": "user", "content": "o1"}]})
+    with client.websocket_connect("/") as ws:
+        ws.send_text(json.dumps({"prompt": "w1", "use_stream_chat": True}))
+        while ws.receive_text() != "<EOS>":
+            pass
+    files = list((tmp_path / "export").glob("history-*.jsonl"))
+    assert len(files) == 1
+    lines = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert [(r["channel"], r["prompt"], r["response"]) for r in lines] == [
+        ("pai", "p1", REPLY), ("openai", "o1", REPLY), ("websocket", "w1", REPLY)]
+    assert lines[0]["history"] == [["a", "b"]] and lines[1]["system_prompt"] == "S"

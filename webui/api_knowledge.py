@@ -1,0 +1,108 @@
+"""Knowledge-base endpoints under ``/v1/knowledge``: upload, list, delete files; search; list bases."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from rag.persistence import safe_file_name
+from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase
+from rag.store import KnowledgeBase
+from rag.types import FileReport
+
+from .api_common import ApiError, get_service
+from .protocol import (DeleteReply, ErrorResponse, FileInfo, FileList, FileReportModel, KnowledgeBaseInfo,
+                       KnowledgeBaseList, SearchReply, SearchRequest, Source, UploadReply)
+from .services import ChatService
+
+router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
+ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+_COPY_BLOCK = 1 << 20
+
+
+def _kb(service: ChatService, name: str, create: bool = False) -> KnowledgeBase:
+    try:
+        return service.knowledge_base(name, create=create)
+    except InvalidKnowledgeBaseName as exc:
+        raise ApiError(400, str(exc), param="kb") from None
+    except UnknownKnowledgeBase as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="kb") from None
+
+
+@router.get("", response_model=KnowledgeBaseList, responses=ERRORS)
+def list_knowledge_bases(service: ChatService = Depends(get_service)) -> KnowledgeBaseList:
+    """The knowledge bases, with their file and chunk counts and embedding model."""
+    out = []
+    for name in service.knowledge_bases.names():
+        kb = _kb(service, name)
+        out.append(KnowledgeBaseInfo(name=name, files=len(kb.files()), chunks=len(kb),
+                                     embedding_model=kb.embedding_model))
+    return KnowledgeBaseList(knowledge_bases=out)
+
+
+async def _save_upload(upload: UploadFile, folder: Path, limit: int) -> Path | None:
+    """Copy an upload to ``folder`` under a safe name; None when it exceeds ``limit`` bytes."""
+    target = folder / safe_file_name(upload.filename or "upload")
+    size = 0
+    with open(target, "wb") as out:
+        while block := await upload.read(_COPY_BLOCK):
+            size += len(block)
+            if size > limit:
+                return None
+            out.write(block)
+    return target
+
+
+@router.post("/{kb}/files", response_model=UploadReply, responses=ERRORS)
+async def upload_files(kb: str, files: list[UploadFile] = File(..., description="repeat the field for several files"),
+                       service: ChatService = Depends(get_service)) -> UploadReply:
+    """Add files (multipart, field ``files`` repeated) to knowledge base ``kb``, created on first upload.
+    One report per file, in order; a refused file never stops the others."""
+    base = await run_in_threadpool(_kb, service, kb, True)
+    limit_mb = service.settings.max_upload_mb
+    reports: list[FileReport | None] = []
+    with tempfile.TemporaryDirectory(prefix="chatllm-upload-") as tmp:
+        to_add: list[tuple[int, Path, str]] = []
+        for i, upload in enumerate(files):
+            name = upload.filename or f"file-{i}"
+            folder = Path(tmp) / str(i)  # one folder each: two uploads may share a name
+            folder.mkdir()
+            path = await _save_upload(upload, folder, limit_mb * 1024 * 1024)
+            if path is None:
+                reports.append(FileReport(name=name, status="refused", reason=(
+                    f"{name}: larger than the {limit_mb} MB upload limit; split it or start the "
+                    "server with a larger --max-upload-mb")))
+            else:
+                reports.append(None)
+                to_add.append((i, path, name))
+        added = await run_in_threadpool(base.add_files, [p for _, p, _ in to_add], [n for _, _, n in to_add])
+    for (i, _, _), report in zip(to_add, added):
+        reports[i] = report
+    return UploadReply(knowledge_base=kb, files=[FileReportModel(**vars(r)) for r in reports])
+
+
+@router.get("/{kb}/files", response_model=FileList, responses=ERRORS)
+def list_files(kb: str, service: ChatService = Depends(get_service)) -> FileList:
+    """The files of knowledge base ``kb`` with chunk counts, sizes (bytes) and times added (UTC)."""
+    return FileList(knowledge_base=kb, files=[FileInfo(**f) for f in _kb(service, kb).files()])
+
+
+@router.delete("/{kb}/files/{name}", response_model=DeleteReply, responses=ERRORS)
+def delete_file(kb: str, name: str, service: ChatService = Depends(get_service)) -> DeleteReply:
+    """Remove file ``name`` and its chunks from the index of ``kb``."""
+    base = _kb(service, kb)
+    try:
+        removed = base.delete_file(name)
+    except KeyError as exc:
+        raise ApiError(404, str(exc).strip("'\""), type="not_found_error", param="name") from None
+    return DeleteReply(knowledge_base=kb, deleted=name, chunks_removed=removed)
+
+
+@router.post("/{kb}/search", response_model=SearchReply, responses=ERRORS)
+def search(kb: str, req: SearchRequest, service: ChatService = Depends(get_service)) -> SearchReply:
+    """The best chunks of ``kb`` for ``query``, best first; ``score`` as the page shows it."""
+    base = _kb(service, kb)
+    results = base.search(req.query, top_k=req.top_k, score_threshold=req.score_threshold)
+    return SearchReply(results=[Source(**r.to_dict()) for r in results])

@@ -1,0 +1,136 @@
+"""The OpenAI protocol: ``GET /v1/models`` and ``POST /v1/chat/completions``
+(streamed as server-sent events ending in ``data: [DONE]``), shapes as in
+OpenAI's API reference, so the ``openai`` client and LangChain's ``ChatOpenAI`` work."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Iterator
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from llm.base import GenerationParams, Message
+
+from .api_common import ApiError, get_service, iterate_in_thread
+from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
+                       ChunkChoice, Delta, ErrorResponse, ModelCard, ModelList, Usage, completion_id)
+from .services import ChatService
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["OpenAI"])
+ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+
+
+@router.get("/models", response_model=ModelList, responses=ERRORS)
+def list_models(service: ChatService = Depends(get_service)) -> ModelList:
+    """The one model this server serves."""
+    return ModelList(data=[ModelCard(id=service.model.name)])
+
+
+def to_messages(req: ChatCompletionRequest) -> list[Message]:
+    """OpenAI messages -> our :class:`Message` list (``developer`` becomes ``system``).
+
+    Raises:
+        ApiError: 400 for a non-text content part.
+    """
+    out: list[Message] = []
+    for i, m in enumerate(req.messages):
+        try:
+            text = m.text()
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param=f"messages.{i}.content") from None
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+    return out
+
+
+def to_params(service: ChatService, req: ChatCompletionRequest) -> GenerationParams:
+    """Request fields -> :class:`GenerationParams` (server defaults for what is left out)."""
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    return service.settings.generation_params(
+        max_new_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature,
+        top_p=req.top_p, stop=stop)
+
+
+def _check_model(service: ChatService, req: ChatCompletionRequest) -> str:
+    served = service.model.name
+    if req.model not in (None, "", served):
+        raise ApiError(404, f"the model {req.model!r} does not exist here: this server serves {served!r} "
+                            "(see GET /v1/models)", type="not_found_error", param="model", code="model_not_found")
+    return served
+
+
+def _usage(service: ChatService, messages: list[Message], answer: str) -> Usage:
+    prompt_tokens = service.model.count_prompt_tokens(messages)
+    completion_tokens = service.model.count_tokens(answer)
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                 total_tokens=prompt_tokens + completion_tokens)
+
+
+def _finish_reason(service: ChatService, answer: str, params: GenerationParams) -> str:
+    return "length" if service.model.count_tokens(answer) >= params.max_new_tokens else "stop"
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS)
+async def chat_completions(req: ChatCompletionRequest, service: ChatService = Depends(get_service)):
+    """Answer a conversation; with ``stream`` the reply is SSE chunks ending in ``data: [DONE]``."""
+    model = _check_model(service, req)
+    messages = to_messages(req)
+    params = to_params(service, req)
+    try:
+        pieces = await run_in_threadpool(service.stream_messages, messages, params)
+    except ValueError as exc:  # e.g. the prompt does not fit in the context
+        raise ApiError(400, str(exc), param="messages") from None
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        events = _sse(service, model, messages, params, pieces, include_usage)
+        return StreamingResponse(iterate_in_thread(events), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    try:
+        answer = await run_in_threadpool(lambda: "".join(pieces))
+    except Exception as exc:
+        log.exception("generation failed")
+        raise ApiError(500, f"generation failed: {exc}", type="server_error") from None
+    _export(service, messages, answer)
+    return ChatCompletion(model=model, usage=_usage(service, messages, answer), choices=[Choice(
+        message=AssistantMessage(content=answer), finish_reason=_finish_reason(service, answer, params))])
+
+
+def _export(service: ChatService, messages: list[Message], answer: str) -> None:
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system") or None
+    turns = [m for m in messages if m["role"] != "system"]
+    users = [m["content"] for m in turns[:-1] if m["role"] == "user"]
+    answers = [m["content"] for m in turns[:-1] if m["role"] == "assistant"]
+    service.record_round("openai", turns[-1]["content"], answer, list(zip(users, answers)), system)
+
+
+def _sse(service: ChatService, model: str, messages: list[Message], params: GenerationParams,
+         pieces: Iterator[str], include_usage: bool) -> Iterator[str]:
+    """Server-sent events of a streamed completion, OpenAI's chunk sequence: a role
+    chunk, content chunks, a chunk with ``finish_reason``, optionally a usage chunk,
+    then ``[DONE]``. A failure mid-stream sends an ``error`` event before ``[DONE]``."""
+    cid, created = completion_id(), int(time.time())
+
+    def event(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        chunk = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, usage=usage)
+        return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
+
+    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
+    answer = ""
+    try:
+        for piece in pieces:
+            answer += piece
+            yield event([ChunkChoice(delta=Delta(content=piece))])
+    except Exception as exc:  # noqa: BLE001 - the status is sent already; report in-band
+        log.exception("generation failed")
+        err = {"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}}
+        yield f"data: {json.dumps(err)}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    _export(service, messages, answer)
+    yield event([ChunkChoice(delta=Delta(), finish_reason=_finish_reason(service, answer, params))])
+    if include_usage:
+        yield event([], usage=_usage(service, messages, answer))
+    yield "data: [DONE]\n\n"
