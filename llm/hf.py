@@ -106,6 +106,14 @@ class HFChatModel(ChatModel):
         self.context_length = _context_length(model, tokenizer)
         self._lock = threading.Lock()
 
+    def use_static_cache(self) -> None:
+        """``--compile``: generate with a static KV cache, which transformers compiles with
+        ``torch.compile`` on GPUs (``GenerativePreTrainedModel._valid_auto_compile_criteria``).
+        On CPU it stays eager (a warning says so): the compile pays off on GPUs only."""
+        self.model.generation_config.cache_implementation = "static"
+        if self.model.device.type == "cpu":
+            logger.warning("--compile: static KV cache set, but transformers compiles only on GPU; running eager")
+
     def render_prompt(self, messages: Sequence[Message]) -> str:
         """Render the conversation into the prompt text the model continues.
 

@@ -7,6 +7,7 @@ model (:mod:`llm.demo`) is, with a warning, so the server always starts.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -144,11 +145,75 @@ def _pick_template(tokenizer: Any, config: Any, model_type: str | None) -> str |
     return template_for(guess)
 
 
+def _lora_fix_hint(lora_path: str) -> str:
+    """The "how to fix it" half of a :class:`ModelLoadError` about ``--lora-path``."""
+    return (
+        f"--lora-path {lora_path!r} must be a folder holding a peft LoRA adapter (adapter_config.json and "
+        "adapter_model.safetensors, as 'python -m llm.intent finetune --method lora' writes it), trained on the "
+        "--model-path model"
+    )
+
+
+def adapter_base_model(lora_path: str | Path) -> str | None:
+    """The base model a peft adapter records (``base_model_name_or_path`` in ``adapter_config.json``).
+
+    Returns:
+        The recorded folder or hub id, or ``None`` when there is none.
+
+    Raises:
+        ModelLoadError: ``lora_path`` has no readable ``adapter_config.json``.
+    """
+    config_file = Path(lora_path).expanduser() / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {str(config_file)!r} ({exc}): {_lora_fix_hint(str(lora_path))}") from exc
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return base or None
+
+
+def apply_lora(model: Any, lora_path: str | Path, *, base: str) -> Any:
+    """Apply the peft LoRA adapter in ``lora_path`` to ``model`` and merge it into the weights.
+
+    Merging (``merge_and_unload``) makes inference as fast as the base model's; the
+    result is a plain transformers model.  A warning is logged when the adapter
+    records a different base model than ``base``.
+
+    Args:
+        model: the loaded base model (``PreTrainedModel``), on its device.
+        lora_path: the adapter folder.
+        base: the ``--model-path`` the model came from (for the messages).
+
+    Returns:
+        The merged model.
+
+    Raises:
+        ModelLoadError: the folder is not an adapter, or the adapter does not fit the
+            model (other architecture or sizes); the message names the folder and the fix.
+    """
+    recorded = adapter_base_model(lora_path)
+    if recorded and Path(recorded).expanduser().resolve() != Path(base).expanduser().resolve() and recorded != base:
+        logger.warning("the LoRA adapter %s was trained on %r, it is applied to %r", lora_path, recorded, base)
+    try:
+        from peft import PeftModel
+
+        merged = PeftModel.from_pretrained(model, str(Path(lora_path).expanduser()), is_trainable=False)
+        merged = merged.merge_and_unload()
+    except Exception as exc:  # noqa: BLE001 -- size mismatch, missing weights, unknown modules: all "does not fit"
+        raise ModelLoadError(
+            f"cannot apply the LoRA adapter {str(lora_path)!r} to {base!r} ({exc!r}): {_lora_fix_hint(str(lora_path))}"
+        ) from exc
+    logger.info("applied and merged the LoRA adapter %s", lora_path)
+    return merged
+
+
 def _load(path: str, found: tuple[Any, bool] | None = None, *, name: str, cpu: bool, precision: str,
-          use_template: bool, model_type: str | None, trust_remote_code: bool, is_demo: bool = False):
+          use_template: bool, model_type: str | None, trust_remote_code: bool, is_demo: bool = False,
+          lora_path: str | Path | None = None):
     """Load tokenizer + model from ``path`` into an :class:`HFChatModel`; errors as :class:`ModelLoadError`.
 
-    ``found`` is ``_load_config(path, ...)``'s result when the caller already has it.
+    ``found`` is ``_load_config(path, ...)``'s result when the caller already has it;
+    ``lora_path`` an adapter to apply with :func:`apply_lora`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -169,7 +234,10 @@ def _load(path: str, found: tuple[Any, bool] | None = None, *, name: str, cpu: b
             if i + 1 == len(attempts):
                 raise ModelLoadError(f"cannot load the model from {path!r} ({exc!r}): {_fix_hint(path)}") from exc
             logger.info("%s is not complete in the HF cache (%r); trying the hub", path, exc)
-    model.to(device).eval()
+    model.to(device)
+    if lora_path is not None:
+        model = apply_lora(model, lora_path, base=path)
+    model.eval()
     template = _pick_template(tokenizer, config, model_type) if use_template else None
     logger.info("loaded %s (%s) on %s as %s", path, type(model).__name__, device, dtype)
     return HFChatModel(model, tokenizer, name=name, use_template=use_template, chat_template=template, is_demo=is_demo)
@@ -184,6 +252,7 @@ def load_chat_model(
     model_type: str | None = None,
     demo_dir: str | Path | None = None,
     trust_remote_code: bool = False,
+    lora_path: str | Path | None = None,
 ):
     """Load the chat model for ``--model-path`` (the server's model loading).
 
@@ -204,14 +273,17 @@ def load_chat_model(
         demo_dir: where the demo model is built/cached (default
             :func:`llm.demo.default_demo_dir`).
         trust_remote_code: passed to ``from_pretrained``; only for models you trust.
+        lora_path: folder of a peft LoRA adapter (``--lora-path``) applied to the model
+            and merged into its weights (:func:`apply_lora`).  With no ``model_path``,
+            the base model the adapter records is loaded (never the demo fallback).
 
     Returns:
         An :class:`~llm.hf.HFChatModel`, on its device, in eval mode; its ``name`` is
         ``model_path`` as given (or ``"demo"``).
 
     Raises:
-        ModelLoadError: ``model_path`` was given and cannot be loaded; the message
-            names the path and the fix.
+        ModelLoadError: ``model_path`` was given and cannot be loaded, or ``lora_path``
+            is not an adapter for it; the message names the path and the fix.
         ValueError: unknown ``precision`` or ``model_type``.
     """
     if model_type is not None:
@@ -219,6 +291,16 @@ def load_chat_model(
     resolve_dtype(precision, "cpu")  # likewise a bad --precision
     options = {"cpu": cpu, "precision": precision, "use_template": use_template, "model_type": model_type,
                "trust_remote_code": trust_remote_code}
+    if lora_path is not None:
+        if model_path is None:
+            model_path = adapter_base_model(lora_path)
+            if model_path is None:
+                raise ModelLoadError(f"the LoRA adapter {str(lora_path)!r} does not record its base model: "
+                                     "pass --model-path with the model it was trained on")
+            logger.info("no --model-path given: loading %s, the base model of the LoRA adapter", model_path)
+        else:
+            adapter_base_model(lora_path)  # reject a folder that is not an adapter before loading the model
+        return _load(model_path, name=model_path, lora_path=lora_path, **options)
     if model_path is not None:
         return _load(model_path, name=model_path, **options)
     try:

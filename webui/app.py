@@ -8,6 +8,8 @@ request on ``/`` (the page, its assets, its own queue) goes to Gradio.
 """
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,7 +60,15 @@ def create_app(service: ChatService) -> FastAPI:
         A FastAPI app for uvicorn; its OpenAPI schema is at ``/openapi.json``.
     """
     settings = service.settings
-    app = FastAPI(title="chatllm-webui", version="0.1.0",
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        close = getattr(service.model, "close", None)  # e.g. stop the batching loop
+        if close is not None:
+            close()
+
+    app = FastAPI(title="chatllm-webui", version="0.1.0", lifespan=lifespan,
                   summary="Chat with a local model and document knowledge bases: PAI-EAS ChatLLM and OpenAI "
                           "protocols, knowledge-base endpoints.",
                   docs_url="/docs" if not settings.no_api else None)

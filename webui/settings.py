@@ -39,6 +39,14 @@ class Settings:
 
     model_path: str | None = None
     lora_path: str | None = None
+    llm_backend: str = "transformers"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str | None = None
+    batching: str = "auto"
+    kv_cache_memory: float = 0.5
+    max_batch_tokens: int | None = None
+    compile: bool = False
     cpu: bool = False
     precision: str = "auto"
     host: str = "127.0.0.1"
@@ -103,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "cpu", action="store_true", help="run the model on CPU even when a GPU is present")
     _flag(g, "precision", default=d.precision, choices=["auto", "fp32", "fp16", "bf16"],
           help="weights' dtype; auto = bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU")
+    _flag(g, "batching", default=d.batching, choices=["auto", "on", "off"],
+          help="serve concurrent requests in shared forward passes (transformers' continuous batching); "
+          "auto = on with a GPU, off on CPU")
+    _flag(g, "kv-cache-memory", type=float, default=d.kv_cache_memory, metavar="FRACTION",
+          help="share (0-1] of the device's free memory the batched KV cache may use")
+    _flag(g, "max-batch-tokens", type=int, default=None, help="most tokens in one batched forward pass")
+    _flag(g, "compile", action="store_true",
+          help="static KV cache + torch.compile (GPU; with --batching, transformers' compiled paths)")
+    _flag(g, "llm-backend", default=d.llm_backend, choices=["transformers", "openai"],
+          help="'openai' sends generation to an OpenAI-compatible server (--llm-base-url)")
+    _flag(g, "llm-base-url", default=None, metavar="URL", help="with --llm-backend openai, e.g. http://host:8000/v1")
+    _flag(g, "llm-api-key", default=None, help="with --llm-backend openai (default $OPENAI_API_KEY)")
+    _flag(g, "llm-model", default=None, help="with --llm-backend openai: model id (default: the server's first)")
     _flag(g, "no-template", action="store_true",
           help="send the raw prompt without the tokenizer's chat template")
     _flag(g, "model-type", default=None, choices=list(MODEL_TYPES),
@@ -180,6 +201,10 @@ def _check(parser: argparse.ArgumentParser, s: Settings) -> None:
         problems.append(f"--export-interval must be >= 1 second, got {s.export_interval}")
     if s.max_upload_mb < 1:
         problems.append(f"--max-upload-mb must be >= 1, got {s.max_upload_mb}")
+    if not 0 < s.kv_cache_memory <= 1:
+        problems.append(f"--kv-cache-memory must be in (0, 1], got {s.kv_cache_memory}")
+    if s.llm_backend == "openai" and not s.llm_base_url:
+        problems.append("--llm-backend openai needs --llm-base-url (e.g. http://host:8000/v1)")
     if s.api_only and s.no_api:
         problems.append("--api-only and --no-api exclude each other: pick one")
     if problems:

@@ -18,6 +18,42 @@ if __package__ in (None, ""):  # run as a script: make the project's packages im
 log = logging.getLogger("webui")
 
 
+def load_model(settings):
+    """The chat model ``settings`` asks for: a remote OpenAI-compatible server
+    (``--llm-backend openai``), or a local transformers model, served with continuous
+    batching where ``--batching`` says so (auto: with a GPU).
+
+    Raises:
+        llm.base.ModelLoadError: the model or the remote server cannot be loaded or reached.
+    """
+    from llm.loader import load_chat_model
+
+    if settings.llm_backend == "openai":
+        from llm.remote import OpenAIChatModel
+
+        return OpenAIChatModel(settings.llm_base_url, model=settings.llm_model,
+                               api_key=settings.llm_api_key or os.environ.get("OPENAI_API_KEY"))
+    model = load_chat_model(settings.model_path, cpu=settings.cpu, precision=settings.precision,
+                            use_template=not settings.no_template, model_type=settings.model_type,
+                            demo_dir=settings.demo_dir, lora_path=settings.lora_path)
+    batching = settings.batching == "on" or (settings.batching == "auto" and model.model.device.type == "cuda")
+    if not batching:
+        if settings.compile:
+            model.use_static_cache()
+        return model
+    from llm.batching import BatchedHFChatModel
+
+    try:
+        batched = BatchedHFChatModel.wrap(model, max_memory_percent=settings.kv_cache_memory,
+                                          max_batch_tokens=settings.max_batch_tokens,
+                                          compile_level=1 if settings.compile else 0)
+    except Exception:  # noqa: BLE001 - an unsupported model still serves, one request at a time
+        log.exception("continuous batching could not start; serving one request at a time")
+        return model
+    log.info("continuous batching on (KV cache up to %.0f%% of free memory)", 100 * settings.kv_cache_memory)
+    return batched
+
+
 def load_service(settings):
     """Load the chat model, embedding model and knowledge base named by ``settings``.
 
@@ -29,14 +65,11 @@ def load_service(settings):
         rag.embeddings.EmbeddingLoadError: ``--embedding-model`` was named and cannot be loaded.
         rag.store.EmbeddingMismatchError: the knowledge base was built with another embedding model.
     """
-    from llm.loader import load_chat_model
     from rag.embeddings import BUNDLED_EMBEDDING_MODEL, load_embedder
     from rag.registry import KnowledgeBaseRegistry
     from webui.services import ChatService
 
-    model = load_chat_model(settings.model_path, cpu=settings.cpu, precision=settings.precision,
-                            use_template=not settings.no_template, model_type=settings.model_type,
-                            demo_dir=settings.demo_dir, lora_path=settings.lora_path)
+    model = load_model(settings)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None)
     fallback = embedder.name == BUNDLED_EMBEDDING_MODEL and settings.embedding_model is None
     registry = KnowledgeBaseRegistry(settings.knowledge_dir, embedder, chunk_size=settings.chunk_size,
