@@ -24,6 +24,12 @@ SUPPORTED_EXTENSIONS = (".txt", ".md", ".docx", ".pdf")
 #: Separator between a table row's cells when a .docx table is rendered as text.
 TABLE_CELL_SEPARATOR = " | "
 
+#: Zip-bomb guards for .docx (a zip archive): most bytes all parts may expand to,
+#: most parts, and the largest expansion ratio of a part bigger than 10 MB.
+DOCX_MAX_UNCOMPRESSED = 256 * 1024 * 1024
+DOCX_MAX_PARTS = 10_000
+DOCX_MAX_RATIO = 100
+
 
 class DocumentLoadError(ValueError):
     """A file could not be turned into text.
@@ -84,25 +90,33 @@ def decode_text(data: bytes, name: str) -> str:
 
     Strict UTF-8 (a BOM is dropped) is tried first, since it almost never
     decodes non-UTF-8 text by accident; otherwise charset-normalizer guesses
-    (GBK/GB18030, Big5, Shift-JIS, cp1252, UTF-16, ...).
+    (GBK/GB18030, Big5, Shift-JIS, cp1252, UTF-16, ...).  Bytes with NULs are
+    never taken as UTF-8 (UTF-16 without a BOM is full of them).
 
     Raises:
-        DocumentLoadError: the bytes do not look like text in any encoding.
+        DocumentLoadError: the bytes do not look like text in any encoding
+            (including text that is mostly control characters, e.g. NULs).
     """
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
+    refusal = DocumentLoadError(
+        f"{name}: the file does not look like text in any known encoding "
+        "(is it a binary file with a .txt/.md name?); save it as UTF-8 text and upload it again"
+    )
+    if b"\x00" not in data:
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            pass
     import charset_normalizer
 
     best = charset_normalizer.from_bytes(data).best()
     if best is None:
-        raise DocumentLoadError(
-            f"{name}: the file does not look like text in any known encoding "
-            "(is it a binary file with a .txt/.md name?); save it as UTF-8 text and upload it again"
-        )
+        raise refusal
+    text = str(best)
+    controls = sum(1 for ch in text if ch < " " and ch not in "\t\n\r\f\v" or ch == "\x7f")
+    if "\x00" in text or controls > len(text) // 10:
+        raise refusal
     logger.info("%s: not UTF-8, decoding as %s", name, best.encoding)
-    return str(best)
+    return text
 
 
 def _load_text(path: Path, name: str) -> list[Document]:
@@ -167,9 +181,35 @@ def _load_pdf(path: Path, name: str) -> list[Document]:
 
 # --------------------------------------------------------------------- docx
 
+def _check_docx_archive(path: Path, name: str) -> None:
+    """Refuse a .docx whose zip archive would expand beyond the guards (a zip bomb).
+
+    The sizes the archive declares are enough: Python's zipfile never inflates a
+    part beyond its declared size (a lying header fails its CRC check instead).
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            parts = archive.infolist()
+    except Exception:  # noqa: BLE001 - BadZipFile, NotImplementedError (odd zip version), ...
+        return  # not a readable zip: python-docx says so below
+    total = sum(p.file_size for p in parts)
+    bomb = next((p for p in parts if p.file_size > 10 * 1024 * 1024
+                 and p.file_size > DOCX_MAX_RATIO * max(p.compress_size, 1)), None)
+    if total > DOCX_MAX_UNCOMPRESSED or len(parts) > DOCX_MAX_PARTS or bomb is not None:
+        what = (f"its part {bomb.filename} expands {bomb.file_size // max(bomb.compress_size, 1)} times"
+                if bomb is not None else f"it expands to {total / 2**20:.0f} MB in {len(parts)} parts")
+        raise DocumentLoadError(
+            f"{name}: refused as a possible zip bomb: {what} (limits: {DOCX_MAX_UNCOMPRESSED // 2**20} MB, "
+            f"{DOCX_MAX_PARTS} parts, {DOCX_MAX_RATIO}x for parts over 10 MB); if it is a real document, "
+            "save it again in Word/LibreOffice (or as PDF) and upload that")
+
+
 def _load_docx(path: Path, name: str) -> list[Document]:
     import docx
 
+    _check_docx_archive(path, name)
     try:
         document = docx.Document(str(path))
     except Exception as exc:  # PackageNotFoundError, BadZipFile, KeyError, ValueError ...

@@ -8,6 +8,9 @@ A knowledge-base folder holds::
         index.faiss        FAISS index (IndexIDMap2 over IndexFlatIP), serialised
         chunks.json        {"next_id": int, "chunks": [Chunk as dict, ...]}
         files.json         [{"name", "sha256", "size", "added_at", "chunks", ...}, ...]
+        keywords.json      {"tokenizer": id, "tokens": {"<chunk id>": [token, ...]}}: the
+                           BM25 tokens of each chunk (derived data: when missing, stale
+                           or unreadable, they are recomputed from chunks.json on open)
     files/<name>           a copy of each accepted original file
     incoming/              temporary copies of files being added
 
@@ -31,6 +34,7 @@ from typing import Any
 #: Bumped when the layout changes incompatibly; a newer format is refused.
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+KEYWORDS_NAME = "keywords.json"
 FILES_DIR = "files"
 INCOMING_DIR = "incoming"
 GENERATION_PREFIX = "gen-"

@@ -20,13 +20,53 @@ RAG_INSTRUCTIONS = (
 )
 
 NO_RESULTS_INSTRUCTIONS = (
-    "The user's knowledge base was searched for this question, but it contains no relevant passages.\n"
+    "The user's knowledge base was searched for this question, but it contains no relevant passages "
+    "(the user has already been told so).\n"
     "Instructions:\n"
-    "- Start by telling the user that their knowledge base has nothing relevant to the question.\n"
-    "- You may then answer from general knowledge only if you are confident, and say clearly that "
-    "this part does not come from their documents.\n"
+    "- Answer from your general knowledge only if you are confident; otherwise say that you do not know.\n"
+    "- Do not claim that the answer comes from the user's documents.\n"
     "- Answer in the same language as the question (e.g. Chinese for a Chinese question)."
 )
+
+#: What the program itself says (not the model) when no chunk passes the score
+#: threshold; ``{limit}`` becomes " (score threshold 0.3)" or "". English and Chinese.
+NO_PASSAGE_NOTICE = {
+    "en": "**No relevant passage in the knowledge base**{limit}. The answer below comes from the model's "
+          "own knowledge, not from your documents:\n\n",
+    "zh": "**知识库中没有相关段落**{limit}。以下回答来自模型自身的知识，而不是您的文档：\n\n",
+}
+NO_PASSAGE_REFUSAL = {
+    "en": "**No relevant passage in the knowledge base**{limit}, so no answer is given. Upload documents "
+          "that cover this question, lower the score threshold, or ask in LLM-only mode.",
+    "zh": "**知识库中没有相关段落**{limit}，因此不作回答。请上传涵盖该问题的文档、降低分数阈值，或改用仅 LLM 模式提问。",
+}
+
+
+def is_chinese(text: str) -> bool:
+    """True when ``text`` holds a CJK unified ideograph (U+4E00..U+9FFF), i.e. the
+    program's own messages should be in Chinese."""
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def _limit(score_threshold: float | None, lang: str) -> str:
+    if score_threshold is None:
+        return ""
+    return f"（分数阈值 {score_threshold:g}）" if lang == "zh" else f" (score threshold {score_threshold:g})"
+
+
+def no_passage_notice(question: str, score_threshold: float | None = None) -> str:
+    """The marker put before an answer from the model's own knowledge, when no
+    chunk passed the score threshold: Markdown, in Chinese for a Chinese
+    question, else English, ending in a blank line."""
+    lang = "zh" if is_chinese(question) else "en"
+    return NO_PASSAGE_NOTICE[lang].format(limit=_limit(score_threshold, lang))
+
+
+def no_passage_refusal(question: str, score_threshold: float | None = None) -> str:
+    """The whole answer when no chunk passed the threshold and the server is set
+    to refuse (``--no-relevant-passage refuse``); language as :func:`no_passage_notice`."""
+    lang = "zh" if is_chinese(question) else "en"
+    return NO_PASSAGE_REFUSAL[lang].format(limit=_limit(score_threshold, lang))
 
 
 def passage_label(result: SearchResult) -> str:

@@ -54,6 +54,19 @@ def check_name(name: str) -> str:
     return name
 
 
+def knowledge_base_names(root: str | Path) -> list[str]:
+    """Names of the knowledge bases under ``root`` (folders with a manifest and a valid name), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / _MANIFEST).is_file() and _valid(p.name))
+
+
+def knowledge_base_exists(root: str | Path, name: str) -> bool:
+    """True when a knowledge base ``name`` exists under ``root``."""
+    return _valid(name) and (Path(root) / name / _MANIFEST).is_file()
+
+
 class KnowledgeBaseRegistry:
     """The knowledge bases under ``root``, all embedded with one embedding model.
 
@@ -73,14 +86,11 @@ class KnowledgeBaseRegistry:
 
     def names(self) -> list[str]:
         """Names of the existing knowledge bases, sorted."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and (p / _MANIFEST).is_file() and _valid(p.name))
+        return knowledge_base_names(self.root)
 
     def exists(self, name: str) -> bool:
         """True when a knowledge base ``name`` exists on disk."""
-        return _valid(name) and (self.root / name / _MANIFEST).is_file()
+        return knowledge_base_exists(self.root, name)
 
     def get(self, name: str, *, create: bool = False) -> KnowledgeBase:
         """The knowledge base ``name``, opened once and shared.

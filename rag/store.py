@@ -2,8 +2,10 @@
 
 FAISS holds vectors only (``IndexIDMap2`` over ``IndexFlatIP``; the vectors
 are L2-normalised, so the inner product is cosine similarity). Chunk text and
-metadata live beside it in JSON, found by chunk id. The on-disk layout and its
-crash safety are described in :mod:`rag.persistence`.
+metadata live beside it in JSON, found by chunk id, and so do each chunk's BM25
+tokens (:mod:`rag.keywords`). Search is dense, BM25 or hybrid (both, fused by
+:mod:`rag.fusion`), optionally reranked (:mod:`rag.rerank`). The on-disk layout
+and its crash safety are described in :mod:`rag.persistence`.
 """
 from __future__ import annotations
 
@@ -19,16 +21,24 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from . import persistence as disk
+from .fusion import DEFAULT_DENSE_WEIGHT, check_weight, convex_combination
+from .keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens, tokenize
 from .loaders import DocumentLoadError, load_file
+from .rerank import RERANK_CANDIDATES
 from .splitter import make_text_splitter, split_documents
-from .types import Chunk, FileReport, SearchResult
+from .types import RETRIEVAL_MODES, Chunk, FileReport, SearchResult
 
 if TYPE_CHECKING:
     from .embeddings import Embedder
+    from .rerank import Reranker
 
 logger = logging.getLogger(__name__)
 
 UNCHANGED_REASON = "unchanged: already in the knowledge base"
+#: Candidates each retriever contributes to a hybrid search (at least top_k).
+HYBRID_CANDIDATES = 50
+#: Chunks embedded per call while adding a file (progress is reported between calls).
+EMBED_BATCH = 64
 
 
 class EmbeddingMismatchError(ValueError):
@@ -43,6 +53,16 @@ class KnowledgeBaseCorruptError(RuntimeError):
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def recorded_embedding_model(directory: str | Path) -> tuple[str, int] | None:
+    """The (embedding model name, dim) a knowledge-base folder records in its
+    manifest, or None when the folder holds no readable knowledge base."""
+    try:
+        manifest = disk.read_json(Path(directory) / disk.MANIFEST_NAME)
+        return str(manifest["embedding_model"]), int(manifest["dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class KnowledgeBase:
@@ -66,6 +86,7 @@ class KnowledgeBase:
         self._lock = threading.RLock()
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dim))
         self._chunks: dict[int, Chunk] = {}
+        self._keywords = KeywordIndex()
         self._files: dict[str, dict[str, Any]] = {}
         self._next_id = 0
         self._generation: str | None = None
@@ -163,6 +184,7 @@ class KnowledgeBase:
                         manifest.get("chunk_size"), manifest.get("chunk_overlap"))
         self._index = index
         self._chunks = chunks
+        self._keywords = self._load_keywords(gen_dir, chunks)
         self._files = {f["name"]: f for f in file_data}
         self._next_id = int(chunk_data["next_id"])
         self._generation = gen_dir.name
@@ -171,6 +193,34 @@ class KnowledgeBase:
             self._commit()  # record the adopted model
         logger.info("opened knowledge base at %s: %d files, %d chunks (%s)",
                     self._directory, len(self._files), len(self._chunks), self._generation)
+
+    def _load_keywords(self, gen_dir: Path, chunks: dict[int, Chunk]) -> KeywordIndex:
+        """The BM25 tokens saved with a generation; recomputed from the chunk texts
+        when the file is missing (older knowledge bases), unreadable, made by
+        another tokenizer, or does not cover exactly the chunks."""
+        index = KeywordIndex()
+        path = gen_dir / disk.KEYWORDS_NAME
+        try:
+            data = disk.read_json(path)
+            tokens = {int(k): v for k, v in data["tokens"].items()}
+            if data.get("tokenizer") != TOKENIZER_ID or set(tokens) != set(chunks):
+                raise ValueError(f"tokenizer {data.get('tokenizer')!r}, {len(tokens)} token lists "
+                                 f"for {len(chunks)} chunks")
+            for cid, toks in tokens.items():
+                if not isinstance(toks, list):
+                    raise ValueError(f"tokens of chunk {cid} are not a list")
+                index.add(cid, toks)
+            return index
+        except FileNotFoundError:
+            reason = "none saved"
+        except Exception as exc:  # noqa: BLE001 - derived data: recompute rather than fail
+            reason = f"{type(exc).__name__}: {exc}"
+        if chunks:
+            logger.info("knowledge base at %s: recomputing the BM25 tokens of %d chunks (%s)",
+                        self._directory, len(chunks), reason)
+        for cid, chunk in chunks.items():
+            index.add(cid, chunk_tokens(chunk.text, chunk.source))
+        return index
 
     def _tidy_file_copies(self) -> None:
         """Remove leftovers of interrupted adds/deletes: partial uploads in
@@ -209,6 +259,10 @@ class KnowledgeBase:
             "chunks": [vars(c) for c in self._chunks.values()],
         })
         disk.write_json_durably(gen_dir / "files.json", list(self._files.values()))
+        disk.write_json_durably(gen_dir / disk.KEYWORDS_NAME, {
+            "tokenizer": TOKENIZER_ID,
+            "tokens": {str(cid): toks for cid, toks in self._keywords.tokens().items()},
+        })
         disk.fsync_dir(gen_dir)
         disk.fsync_dir(self._directory)
         disk.replace_json_atomically(self._directory / disk.MANIFEST_NAME, {
@@ -239,7 +293,9 @@ class KnowledgeBase:
     # ------------------------------------------------------------- add files
 
     def add_files(self, paths: Sequence[str | Path], names: Sequence[str] | None = None,
-                  progress: Callable[[str, int, int], None] | None = None) -> list[FileReport]:
+                  progress: Callable[[str, int, int], None] | None = None, *,
+                  on_chunks: Callable[[str, int, int], None] | None = None,
+                  commit_every: int = 1) -> list[FileReport]:
         """Load, split, embed and store files; one :class:`FileReport` per file, in order.
 
         Args:
@@ -249,28 +305,41 @@ class KnowledgeBase:
                 :func:`rag.persistence.safe_file_name` of it.
             progress: called as ``progress(name, index, n_files)`` before each
                 file, ``index`` counting from 0.
+            on_chunks: called as ``on_chunks(name, embedded, n_chunks)`` while a
+                file's chunks are embedded: once with ``embedded = 0`` when the
+                file is split, then after each batch of :data:`EMBED_BATCH`
+                chunks. Not called for skipped or refused files.
+            commit_every: save (commit a new generation) after this many added
+                files and at the end. 1 (the default) saves each file before the
+                next. Every save rewrites the whole state, so bulk ingestion
+                (``python -m rag ingest``) saves less often: a crash then loses
+                at most the files added since the last save, never corrupts.
 
         Returns:
             Reports: "added" (chunks = chunks stored; a file of the same name
             but other content is replaced), "skipped" (same name and sha256 as
             a stored file; reason :data:`UNCHANGED_REASON`), or "refused" with
-            the reason (a :class:`DocumentLoadError` message, or the error for
-            anything unexpected, which is also logged with its traceback). One
-            bad file never stops the others; each file is saved before the next.
+            the reason (a :class:`DocumentLoadError` message, a failed save, or
+            the error for anything unexpected, which is also logged with its
+            traceback). One bad file never stops the others.
 
         Raises:
-            ValueError: ``names`` given with a length other than ``paths``'.
+            ValueError: ``names`` given with a length other than ``paths``', or ``commit_every`` < 1.
         """
         paths = list(paths)
         if names is not None and len(names) != len(paths):
             raise ValueError(f"names has {len(names)} entries but paths has {len(paths)}; give one name per path")
-        reports = []
+        if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
+            raise ValueError(f"commit_every must be an integer >= 1, got {commit_every!r}")
+        reports: list[FileReport] = []
+        pending: list[tuple[int, Path, str, str]] = []  # added, not saved yet: (report index, copy, key, sha256)
         for i, path in enumerate(paths):
             name = str(names[i]) if names is not None else Path(path).name
             if progress is not None:
                 progress(name, i, len(paths))
             try:
-                report = self._add_file(Path(path), name)
+                report = self._add_file(Path(path), name, on_chunks,
+                                        pending=pending if commit_every > 1 else None, index=len(reports))
             except DocumentLoadError as exc:
                 report = FileReport(name=name, status="refused", reason=str(exc))
             except Exception as exc:
@@ -281,9 +350,36 @@ class KnowledgeBase:
             logger.info("%s: %s%s", name, report.status,
                         f" ({report.chunks} chunks)" if report.status == "added" else f" - {report.reason}")
             reports.append(report)
+            if len(pending) >= commit_every:
+                self._save_pending(pending, reports)
+        if pending:
+            self._save_pending(pending, reports)
         return reports
 
-    def _add_file(self, path: Path, name: str) -> FileReport:
+    def _save_pending(self, pending: list[tuple[int, Path, str, str]], reports: list[FileReport]) -> None:
+        """Commit the files added since the last save and keep their copies; if the
+        save fails (the state goes back to the last saved one), report them refused."""
+        with self._lock:
+            try:
+                self._commit_or_reload()
+                failure = None
+            except Exception as exc:  # logged by _commit_or_reload
+                failure = f"could not be saved ({type(exc).__name__}: {exc}); add it again"
+            for index, tmp_copy, key, sha256 in pending:
+                record = self._files.get(key)
+                if failure is None and record is not None and record["sha256"] == sha256:
+                    self._keep_copy(tmp_copy, key)
+                else:
+                    name = reports[index].name
+                    reports[index] = FileReport(name=name, status="refused", reason=f"{name}: " + (
+                        failure or "lost when another save of this knowledge base failed; add it again"))
+                tmp_copy.unlink(missing_ok=True)
+        pending.clear()
+
+    def _add_file(self, path: Path, name: str, on_chunks: Callable[[str, int, int], None] | None = None, *,
+                  pending: list[tuple[int, Path, str, str]] | None = None, index: int = 0) -> FileReport:
+        """Add one file; commit it, or with ``pending`` leave the commit to
+        :meth:`_save_pending` (recording ``(index, copy, key, sha256)``)."""
         key = disk.safe_file_name(name)
         if not path.is_file():
             raise DocumentLoadError(f"{name}: the uploaded file was not found on the server; upload it again")
@@ -297,12 +393,22 @@ class KnowledgeBase:
         pieces = split_documents(docs, self._splitter)
         if not pieces:
             raise DocumentLoadError(f"{name}: no text left after splitting; upload a file that contains text")
-        vectors = self._embedder.embed_documents([p.page_content for p in pieces])
+        texts = [p.page_content for p in pieces]
+        tokens = [chunk_tokens(t, key) for t in texts]
+        batches = []
+        if on_chunks is not None:
+            on_chunks(name, 0, len(texts))
+        for start in range(0, len(texts), EMBED_BATCH):
+            batches.append(self._embedder.embed_documents(texts[start:start + EMBED_BATCH]))
+            if on_chunks is not None:
+                on_chunks(name, min(start + EMBED_BATCH, len(texts)), len(texts))
+        vectors = np.ascontiguousarray(np.concatenate(batches), dtype=np.float32)
 
         incoming = self._directory / disk.INCOMING_DIR
         incoming.mkdir(exist_ok=True)
         tmp_copy = incoming / f"{uuid.uuid4().hex}.part"
         disk.write_bytes_durably(tmp_copy, data)
+        keep_tmp = False
         try:
             with self._lock:
                 if self._is_unchanged(key, sha256):  # another thread stored it meanwhile
@@ -311,19 +417,25 @@ class KnowledgeBase:
                 ids = np.arange(self._next_id, self._next_id + len(pieces), dtype=np.int64)
                 self._next_id += len(pieces)
                 self._index.add_with_ids(vectors, ids)
-                for chunk_id, piece in zip(ids.tolist(), pieces):
+                for chunk_id, piece, toks in zip(ids.tolist(), pieces, tokens):
                     meta = {k: v for k, v in piece.metadata.items() if k not in ("source", "page")}
                     self._chunks[chunk_id] = Chunk(id=chunk_id, text=piece.page_content, source=key,
                                                    page=piece.metadata.get("page"), metadata=meta)
+                    self._keywords.add(chunk_id, toks)
                 self._files.pop(key, None)
                 self._files[key] = {
                     "name": key, "chunks": len(pieces), "size": len(data), "added_at": _utc_now(),
                     "sha256": sha256, "chunk_size": self._chunk_size, "chunk_overlap": self._chunk_overlap,
                 }
-                self._commit_or_reload()
-                self._keep_copy(tmp_copy, key)
+                if pending is None:
+                    self._commit_or_reload()
+                    self._keep_copy(tmp_copy, key)
+                else:
+                    pending.append((index, tmp_copy, key, sha256))
+                    keep_tmp = True
         finally:
-            tmp_copy.unlink(missing_ok=True)
+            if not keep_tmp:
+                tmp_copy.unlink(missing_ok=True)
         return FileReport(name=name, status="added", chunks=len(pieces))
 
     def _keep_copy(self, tmp_copy: Path, key: str) -> None:
@@ -352,6 +464,7 @@ class KnowledgeBase:
             self._index.remove_ids(np.asarray(ids, dtype=np.int64))
             for cid in ids:
                 del self._chunks[cid]
+            self._keywords.remove(ids)
         return len(ids)
 
     # ---------------------------------------------------------- delete, list
@@ -405,39 +518,120 @@ class KnowledgeBase:
 
     # ---------------------------------------------------------------- search
 
-    def search(self, query: str, top_k: int = 3, score_threshold: float | None = None) -> list[SearchResult]:
-        """Retrieve the chunks closest to ``query`` (the retriever).
+    def search(self, query: str, top_k: int = 3, score_threshold: float | None = None, *,
+               mode: str = "dense", reranker: "Reranker | None" = None,
+               dense_weight: float = DEFAULT_DENSE_WEIGHT) -> list[SearchResult]:
+        """Retrieve the chunks that best answer ``query`` (the retriever).
 
         Args:
             query: the user's question.
             top_k: most results to return (>= 1).
-            score_threshold: if given, only results with cosine similarity
-                >= it (range [-1, 1]; see the project README for measured values).
+            score_threshold: if given, drop every chunk whose **cosine similarity**
+                to the query is below it (range [-1, 1]), in every mode. Cosine is
+                the one score on a fixed scale; BM25 and hybrid scores only rank
+                the chunks of one query, so they cannot tell "nothing relevant".
+                Chunks are dropped before the cut to ``top_k``.
+            mode: ``"dense"`` (FAISS, cosine; the default, for compatibility),
+                ``"bm25"`` (keywords; only chunks sharing a word with the query),
+                or ``"hybrid"`` (the best :data:`HYBRID_CANDIDATES` of each,
+                fused by :func:`rag.fusion.convex_combination`; what the server uses).
+            reranker: if given, the best ``max(top_k, RERANK_CANDIDATES)`` chunks
+                of ``mode`` are re-ordered by it (see :mod:`rag.rerank`).
+            dense_weight: the weight of the dense score in hybrid mode, in [0, 1].
 
         Returns:
-            Up to ``top_k`` :class:`SearchResult`, best (highest score) first;
-            [] for an empty knowledge base.
+            Up to ``top_k`` :class:`SearchResult`, best first: ``score`` is the
+            score they are ranked by (cosine, BM25, hybrid or rerank score; see
+            :class:`SearchResult`), ``scores`` holds every score known, always
+            including ``"cosine"``. [] for an empty knowledge base, and in bm25
+            mode when no chunk shares a word with the query.
 
         Raises:
-            ValueError: ``top_k`` < 1.
+            ValueError: ``top_k`` < 1, an unknown ``mode``, or a bad ``dense_weight``.
         """
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+        if mode not in RETRIEVAL_MODES:
+            raise ValueError(f"unknown retrieval mode {mode!r}: use one of {', '.join(RETRIEVAL_MODES)}")
+        dense_weight = check_weight(dense_weight)
+        top_k = int(top_k)
         if len(self) == 0:
             return []
         query_vector = self._embedder.embed_query(query).reshape(1, -1)
+        query_tokens = tokenize(query) if mode != "dense" else []
+        # How many ranked candidates to carry out of the lock: enough to fill
+        # top_k after the threshold, and the reranker's pool.
+        wanted = max(top_k, RERANK_CANDIDATES) if reranker is not None else top_k
+        # Dense results come in cosine order, so the threshold never needs more;
+        # for the other modes, look that far down for chunks passing it.
+        depth = wanted if score_threshold is None or mode == "dense" else max(wanted, HYBRID_CANDIDATES)
         with self._lock:
-            k = min(int(top_k), self._index.ntotal)
-            if k == 0:
-                return []
-            scores, ids = self._index.search(query_vector, k)
-            results = []
-            for score, chunk_id in zip(scores[0].tolist(), ids[0].tolist()):
-                if chunk_id < 0 or chunk_id not in self._chunks:
+            ranked, scores = self._rank(query_vector, query_tokens, mode, dense_weight, depth)
+            candidates = []
+            for cid, rank_score in ranked:
+                if score_threshold is not None and scores[cid]["cosine"] < score_threshold:
                     continue
-                if score_threshold is not None and score < score_threshold:
-                    continue
-                c = self._chunks[chunk_id]
+                c = self._chunks[cid]
                 chunk = Chunk(id=c.id, text=c.text, source=c.source, page=c.page, metadata=dict(c.metadata))
-                results.append(SearchResult(chunk=chunk, score=float(score)))
-        return results
+                candidates.append(SearchResult(chunk=chunk, score=float(rank_score), scores=scores[cid],
+                                               retriever=mode))
+                if len(candidates) >= wanted:
+                    break
+        if reranker is not None and candidates:
+            candidates = self._rerank(query, candidates, reranker)
+        return candidates[:top_k]
+
+    def _rank(self, query_vector: np.ndarray, query_tokens: list[str], mode: str, dense_weight: float,
+              depth: int) -> tuple[list[tuple[int, float]], dict[int, dict[str, float]]]:
+        """Rank chunks for a query (under the lock): ``([(chunk id, score), ...] best
+        first, {chunk id: {"cosine": .., "bm25": .., "hybrid": ..}})``; ``depth`` =
+        how many ranked chunks are needed at most."""
+        n_total = self._index.ntotal
+        if mode == "dense":
+            k = min(depth, n_total)
+            sims, ids = self._index.search(query_vector, k)
+            ranked = [(int(cid), float(sim)) for sim, cid in zip(sims[0].tolist(), ids[0].tolist())
+                      if cid >= 0 and cid in self._chunks]
+            return ranked, {cid: {"cosine": sim} for cid, sim in ranked}
+
+        bm25_ids, bm25_scores = self._keywords.scores(query_tokens)  # every chunk, ids ascending
+        order = np.lexsort((bm25_ids, -bm25_scores)) if len(bm25_scores) else np.zeros(0, dtype=np.int64)
+        if mode == "bm25":
+            ranked = [(int(bm25_ids[i]), float(bm25_scores[i])) for i in order[:depth] if bm25_scores[i] > 0]
+            cosine = self._cosines(query_vector, [cid for cid, _ in ranked])
+            return ranked, {cid: {"cosine": cosine[cid], "bm25": s} for cid, s in ranked}
+
+        pool = max(HYBRID_CANDIDATES, depth)
+        sims, ids = self._index.search(query_vector, min(pool, n_total))
+        cosine = {int(cid): float(sim) for sim, cid in zip(sims[0].tolist(), ids[0].tolist())
+                  if cid >= 0 and cid in self._chunks}
+        keyword_only = [int(bm25_ids[i]) for i in order[:pool] if bm25_scores[i] > 0 and int(bm25_ids[i]) not in cosine]
+        cosine.update(self._cosines(query_vector, keyword_only))
+        candidates = np.fromiter(cosine, dtype=np.int64, count=len(cosine))
+        positions = np.minimum(np.searchsorted(bm25_ids, candidates), max(len(bm25_ids) - 1, 0))
+        found = (bm25_ids[positions] == candidates) if len(bm25_ids) else np.zeros(len(candidates), dtype=bool)
+        values = np.where(found, bm25_scores[positions] if len(bm25_scores) else 0.0, 0.0)
+        bm25 = dict(zip(candidates.tolist(), values.astype(float).tolist()))
+        ranked = convex_combination(cosine, bm25, dense_weight)[:depth]
+        return ranked, {cid: {"cosine": cosine[cid], "bm25": bm25[cid], "hybrid": fused}
+                        for cid, fused in ranked}
+
+    def _cosines(self, query_vector: np.ndarray, ids: Sequence[int]) -> dict[int, float]:
+        """Cosine similarity of the query and the stored vectors of ``ids`` (under the lock)."""
+        if not ids:
+            return {}
+        vectors = np.stack([self._index.reconstruct(int(cid)) for cid in ids])
+        sims = vectors @ query_vector.reshape(-1)
+        return {int(cid): float(sim) for cid, sim in zip(ids, sims.tolist())}
+
+    @staticmethod
+    def _rerank(query: str, candidates: list[SearchResult], reranker: "Reranker") -> list[SearchResult]:
+        """Re-order candidates by the reranker's score (ties keep the earlier order)."""
+        rerank_scores = reranker.score(query, [r.chunk.text for r in candidates])
+        out = []
+        for r, s in zip(candidates, rerank_scores.tolist()):
+            scores = dict(r.scores)
+            scores["rerank"] = float(s)
+            out.append(SearchResult(chunk=r.chunk, score=float(s), scores=scores, retriever=f"{r.retriever}+rerank"))
+        order = sorted(range(len(out)), key=lambda i: -out[i].score)
+        return [out[i] for i in order]

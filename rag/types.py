@@ -28,24 +28,51 @@ class Chunk:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+#: Retrieval modes of :meth:`rag.store.KnowledgeBase.search`.
+RETRIEVAL_MODES = ("hybrid", "dense", "bm25")
+
+
 @dataclass
 class SearchResult:
     """A chunk retrieved for a query.
 
     Attributes:
         chunk: the retrieved chunk.
-        score: cosine similarity of the query and chunk embeddings, in [-1, 1];
-            higher is closer.
+        score: the score the results are ranked by; higher is better. What it
+            is depends on ``retriever``:
+
+            * ``"dense"``: cosine similarity of the query and chunk embeddings, in [-1, 1];
+            * ``"bm25"``: the BM25 score, >= 0 and unbounded (grows with the
+              query's length); compares chunks of one query only;
+            * ``"hybrid"``: the fused score in [0, 1] (:func:`rag.fusion.convex_combination`);
+              compares chunks of one query only;
+            * ``"<mode>+rerank"``: the cross-encoder's score (its own scale, e.g.
+              a probability in [0, 1] for bge-reranker).
+        scores: every score known for this chunk, by name: ``"cosine"`` (always
+            present; the score threshold applies to it), ``"bm25"``, ``"hybrid"``,
+            ``"rerank"`` where computed.
+        retriever: how it was ranked: ``"dense"``, ``"bm25"``, ``"hybrid"``,
+            optionally followed by ``"+rerank"``.
     """
 
     chunk: Chunk
     score: float
+    scores: dict[str, float] = field(default_factory=dict)
+    retriever: str = "dense"
+
+    @property
+    def cosine(self) -> float:
+        """Cosine similarity of query and chunk (``scores["cosine"]``; ``score`` for a dense result)."""
+        return float(self.scores.get("cosine", self.score))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON shape used by the page and the API: text, score, source, page, metadata."""
+        """JSON shape used by the page and the API: text, score, source, page, metadata,
+        plus ``scores`` (name -> value, see the class) and ``retriever``."""
         d = asdict(self.chunk)
         d.pop("id")
         d["score"] = round(float(self.score), 4)
+        d["scores"] = {k: round(float(v), 4) for k, v in (self.scores or {"cosine": self.score}).items()}
+        d["retriever"] = self.retriever
         return d
 
 

@@ -24,3 +24,59 @@ def test_serving_benchmark_smoke(tmp_path):
     assert all(row["tokens_per_stream"] == [8] for row in result["served"]), "every stream ran to max_tokens"
     assert [row["users"] for row in result["plain_generate"]["queued"]] == [1, 2]
     assert result["overhead"]["ratio"] > 0 and result["machine"]["cores"] >= 1
+
+
+# --------------------------------------------- ingestion and retrieval (in-process: faster)
+
+def test_ingestion_benchmark_smoke(corpus, tmp_path):
+    from bench import ingestion
+
+    out = tmp_path / "ingestion.json"
+    result = ingestion.main(["--smoke", f"--corpus={corpus}", f"--out={out}"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    ours, lc = result["ours"], result["langchain"]
+    assert ours["chunks"] > 10 and lc["chunks"] > 10
+    assert ours["files_refused"] == 0
+    assert ours["reingest_skipped"] == ours["reopen_skipped"] == len(result["files"]) == 2, \
+        "unchanged files are skipped on re-ingestion, also after re-opening the knowledge base"
+    assert ours["seconds"] > 0 and lc["seconds"] > 0 and ours["reingest_fraction"] >= 0
+
+
+def test_retrieval_benchmark_smoke(corpus, tmp_path, monkeypatch):
+    from bench import retrieval
+
+    monkeypatch.setenv("CHATLLM_CACHE_DIR", str(tmp_path / "cache"))  # the pool-vector cache
+    result = retrieval.main(["--smoke", f"--corpus={corpus}", f"--out={tmp_path / 'retrieval.json'}"])
+    assert [row["chunks"] for row in result["sizes"]] == [100, 500]
+    for row in result["sizes"]:
+        flat = row["faiss"][0]
+        assert flat["index"] == "flat" and flat["recall@10"] == 1.0
+        assert {r["index"].split()[0] for r in row["faiss"]} >= {"flat", "hnsw"}
+        assert all(0 <= r["recall@10"] <= 1 and r["p95_ms"] >= r["p50_ms"] > 0 for r in row["faiss"])
+        kb = row["knowledge_base"]
+        assert kb["chunks"] == row["chunks"], "each synthetic paragraph is one chunk"
+        assert kb["dense"]["p50_ms"] > 0 and kb["hybrid"]["p50_ms"] > 0
+    assert list((tmp_path / "cache").glob("bench-retrieval-pool-*.npy")), "pool vectors cached"
+
+
+def test_pdf_parsing_benchmark_smoke(corpus, tmp_path):
+    from bench import pdf_parsing
+
+    result = pdf_parsing.main(["--smoke", f"--corpus={corpus / 'pdf'}", f"--out={tmp_path / 'pdf.json'}"])
+    assert sorted(f["file"] for f in result["files"]) == sorted(pdf_parsing.SMOKE_FILES)
+    for row in result["files"]:
+        assert row["pypdf"]["pages"] == row["pypdfium2"]["pages"] >= 1
+        assert row["comparison"]["word_jaccard"] > 0.9, "both libraries read these simple PDFs alike"
+    assert result["total"]["pypdfium2"]["pages"] == 5
+
+
+def test_embedding_benchmark_smoke(corpus, tmp_path):
+    from bench import embedding
+
+    result = embedding.main(["--smoke", f"--corpus={corpus}", f"--out={tmp_path / 'embedding.json'}"])
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rows["torch fp32"]["chunks_per_s"] > 0 and rows["torch fp32"]["speedup_vs_torch"] == 1.0
+    assert "error" in rows["sentence-transformers onnx"] or rows["sentence-transformers onnx"]["cosine_min"] > 0.99
+    if "onnxruntime fp32" in rows:  # only with the bench extra installed
+        assert rows["onnxruntime fp32"]["cosine_min"] > 0.999, "the exported model computes the same vectors"
+        assert rows["onnxruntime int8"]["cosine_mean"] < 1.0, "the int8 model really is a different model"

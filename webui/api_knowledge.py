@@ -18,7 +18,8 @@ from .protocol import (DeleteReply, ErrorResponse, FileInfo, FileList, FileRepor
 from .services import ChatService
 
 router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
-ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+          422: {"model": ErrorResponse, "description": "a field is invalid; the message names it"}}
 _COPY_BLOCK = 1 << 20
 
 

@@ -8,20 +8,23 @@ import logging
 import time
 from typing import Iterator
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from llm.base import GenerationParams, Message
 
-from .api_common import ApiError, get_service, iterate_in_thread
+from .api_common import (CLIENT_GONE, AdmissionGate, ApiError, GatedStreamingResponse, check_max_new_tokens,
+                         close_iterator, collect, get_gate, get_service, iterate_in_thread)
 from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                        ChunkChoice, Delta, ErrorResponse, ModelCard, ModelList, Usage, completion_id)
-from .services import ChatService
+from .services import ChatService, PromptTooLongError
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+GENERATION_ERRORS = {**ERRORS, 500: {"model": ErrorResponse},
+                     503: {"model": ErrorResponse, "description": "too many requests in flight (--max-queue); "
+                                                                  "retry after the Retry-After header's seconds"}}
 
 
 @router.get("/models", response_model=ModelList, responses=ERRORS)
@@ -34,7 +37,7 @@ def to_messages(req: ChatCompletionRequest) -> list[Message]:
     """OpenAI messages -> our :class:`Message` list (``developer`` becomes ``system``).
 
     Raises:
-        ApiError: 400 for a non-text content part.
+        ApiError: 400 for a non-text content part, or a last (user) message without text.
     """
     out: list[Message] = []
     for i, m in enumerate(req.messages):
@@ -43,12 +46,18 @@ def to_messages(req: ChatCompletionRequest) -> list[Message]:
         except ValueError as exc:
             raise ApiError(400, str(exc), param=f"messages.{i}.content") from None
         out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+    if not out[-1]["content"].strip():
+        last = len(out) - 1
+        raise ApiError(400, f"messages.{last}.content: the last user message is empty; send the question as its "
+                            "content", param=f"messages.{last}.content")
     return out
 
 
 def to_params(service: ChatService, req: ChatCompletionRequest) -> GenerationParams:
     """Request fields -> :class:`GenerationParams` (server defaults for what is left out)."""
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    check_max_new_tokens(service.settings, req.max_completion_tokens, "max_completion_tokens", status=400)
+    check_max_new_tokens(service.settings, req.max_tokens, "max_tokens", status=400)
     return service.settings.generation_params(
         max_new_tokens=req.max_completion_tokens or req.max_tokens, temperature=req.temperature,
         top_p=req.top_p, stop=stop)
@@ -73,26 +82,42 @@ def _finish_reason(service: ChatService, answer: str, params: GenerationParams) 
     return "length" if service.model.count_tokens(answer) >= params.max_new_tokens else "stop"
 
 
-@router.post("/chat/completions", response_model=ChatCompletion, responses=ERRORS)
-async def chat_completions(req: ChatCompletionRequest, service: ChatService = Depends(get_service)):
-    """Answer a conversation; with ``stream`` the reply is SSE chunks ending in ``data: [DONE]``."""
+@router.post("/chat/completions", response_model=ChatCompletion, responses=GENERATION_ERRORS)
+async def chat_completions(req: ChatCompletionRequest, request: Request, service: ChatService = Depends(get_service),
+                           gate: AdmissionGate = Depends(get_gate)):
+    """Answer a conversation; with ``stream`` the reply is SSE chunks ending in ``data: [DONE]``.
+    503 with ``Retry-After`` when ``--max-queue`` requests are already in flight."""
     model = _check_model(service, req)
     messages = to_messages(req)
     params = to_params(service, req)
+    release = gate.enter()
     try:
-        pieces = await run_in_threadpool(service.stream_messages, messages, params)
-    except ValueError as exc:  # e.g. the prompt does not fit in the context
-        raise ApiError(400, str(exc), param="messages") from None
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _sse(service, model, messages, params, pieces, include_usage)
-        return StreamingResponse(iterate_in_thread(events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
-    try:
-        answer = await run_in_threadpool(lambda: "".join(pieces))
-    except Exception as exc:
-        log.exception("generation failed")
-        raise ApiError(500, f"generation failed: {exc}", type="server_error") from None
+        try:
+            pieces = await run_in_threadpool(service.stream_messages, messages, params)
+        except PromptTooLongError as exc:
+            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+        except Exception as exc:  # noqa: BLE001 - the model failed before its first token
+            log.exception("generation failed")
+            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error") from None
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            events = _sse(service, model, messages, params, pieces, include_usage)
+            response = GatedStreamingResponse(iterate_in_thread(events), release, media_type="text/event-stream",
+                                              headers={"Cache-Control": "no-cache"})
+            release = None  # the response gives the place back when it ends
+            return response
+        try:
+            answer = await collect(request, pieces)
+        except Exception as exc:
+            log.exception("generation failed")
+            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error") from None
+    finally:
+        if release is not None:
+            release()
+    if answer is None:
+        return CLIENT_GONE
     _export(service, messages, answer)
     return ChatCompletion(model=model, usage=_usage(service, messages, answer), choices=[Choice(
         message=AssistantMessage(content=answer), finish_reason=_finish_reason(service, answer, params))])
@@ -125,10 +150,13 @@ def _sse(service: ChatService, model: str, messages: list[Message], params: Gene
             yield event([ChunkChoice(delta=Delta(content=piece))])
     except Exception as exc:  # noqa: BLE001 - the status is sent already; report in-band
         log.exception("generation failed")
-        err = {"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}}
+        err = {"error": {"message": f"generation failed: {type(exc).__name__}: {exc}", "type": "server_error",
+                         "param": None, "code": None}}
         yield f"data: {json.dumps(err)}\n\n"
         yield "data: [DONE]\n\n"
         return
+    finally:
+        close_iterator(pieces)  # stops the model when the client went away
     _export(service, messages, answer)
     yield event([ChunkChoice(delta=Delta(), finish_reason=_finish_reason(service, answer, params))])
     if include_usage:

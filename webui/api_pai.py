@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import aclosing
 from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from llm.base import GenerationParams
 from llm.history import trim_history
+from rag.registry import InvalidKnowledgeBaseName
 
-from .api_common import ApiError, get_service, iterate_in_thread
-from .protocol import PaiChatRequest, PaiChatResponse, Source
-from .services import ChatService
+from .api_common import (CLIENT_GONE, AdmissionGate, ApiError, GatedStreamingResponse, check_max_new_tokens,
+                         close_iterator, collect, get_gate, get_service, iterate_in_thread)
+from .protocol import ErrorResponse, PaiChatRequest, PaiChatResponse, Source
+from .services import ChatService, PromptTooLongError
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["PAI-EAS ChatLLM"])
@@ -68,6 +71,7 @@ def parse_request(body: bytes | str, content_type: str | None = None) -> PaiChat
 
 
 def _params(service: ChatService, req: PaiChatRequest) -> GenerationParams:
+    check_max_new_tokens(service.settings, req.max_new_tokens, "max_new_tokens")
     try:
         return service.settings.generation_params(
             max_new_tokens=req.max_new_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
@@ -82,7 +86,9 @@ def answer_chunks(service: ChatService, req: PaiChatRequest, channel: str) -> tu
     The new round is exported when the pieces run out.
 
     Raises:
-        ApiError: 404 unknown knowledge base, 400 prompt too long for the model or other bad input.
+        ApiError: 404 unknown knowledge base, 400 prompt too long for the model (even with
+            the oldest history rounds dropped) or other bad input, 422 a sampling value
+            out of range (``max_new_tokens`` above ``--max-new-tokens-limit``).
     """
     params = _params(service, req)
     history = [tuple(h) for h in req.history]
@@ -97,14 +103,24 @@ def answer_chunks(service: ChatService, req: PaiChatRequest, channel: str) -> tu
                                                         params=params)
     except KeyError as exc:  # unknown knowledge base
         raise ApiError(404, str(exc), type="not_found_error", param="knowledge_base") from None
+    except InvalidKnowledgeBaseName as exc:
+        raise ApiError(400, str(exc), param="knowledge_base") from None
+    except PromptTooLongError as exc:
+        raise ApiError(400, str(exc), param="prompt", code="context_length_exceeded") from None
     except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise ApiError(400, str(exc), param="prompt") from None
+    except Exception as exc:  # noqa: BLE001 - the model failed before its first token
+        log.exception("generation failed")
+        raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error") from None
 
     def recorded() -> Iterator[str]:
         text = []
-        for piece in pieces:
-            text.append(piece)
-            yield piece
+        try:
+            for piece in pieces:
+                text.append(piece)
+                yield piece
+        finally:
+            close_iterator(pieces)  # stops the model when the client went away
         service.record_round(channel, req.prompt, "".join(text), history, req.system_prompt,
                              **({"sources": [s.model_dump() for s in sources]} if sources is not None else {}))
 
@@ -132,28 +148,53 @@ def stream_replies(req: PaiChatRequest, sources: list[Source] | None, pieces: It
             yield _reply(req, answer, sources, delta="")
     except Exception as exc:  # noqa: BLE001 - the status is sent already; report in-band
         log.exception("generation failed")
-        yield {**_reply(req, answer, None, delta="", history=list(req.history)), "error": f"generation failed: {exc}"}
+        yield {**_reply(req, answer, None, delta="", history=list(req.history)),
+               "error": f"generation failed: {type(exc).__name__}: {exc}"}
+    finally:
+        close_iterator(pieces)
 
 
 @router.post("/", summary="Chat (PAI-EAS ChatLLM protocol)", openapi_extra={"requestBody": _REQUEST_SCHEMA},
              responses={200: {"model": PaiChatResponse,
-                              "description": "JSON reply; with use_stream_chat, NUL-delimited JSON chunks"}})
-async def pai_chat(request: Request, service: ChatService = Depends(get_service)):
+                              "description": "JSON reply; with use_stream_chat, NUL-delimited JSON chunks",
+                              "content": {"text/plain": {"schema": {
+                                  "type": "string", "description": "use_stream_chat: JSON replies (the text added "
+                                                                   "since the previous one), each followed by NUL"}}}},
+                        **{status: {"model": ErrorResponse, "description": what} for status, what in (
+                            (400, "malformed body, empty prompt, or a prompt too long for the model's context"),
+                            (401, "missing or wrong access token"),
+                            (404, "unknown knowledge base"),
+                            (422, "a field is invalid or out of range; the message names it and its limit"),
+                            (500, "generation failed"),
+                            (503, "too many requests in flight (--max-queue); retry after Retry-After seconds"))}})
+async def pai_chat(request: Request, service: ChatService = Depends(get_service),
+                   gate: AdmissionGate = Depends(get_gate)):
     """Answer one request. JSON body (see schema) or a plain-text prompt. With
-    ``use_stream_chat`` the reply streams as JSON objects each followed by ``\\0``."""
+    ``use_stream_chat`` the reply streams as JSON objects each followed by ``\\0``.
+    503 with ``Retry-After`` when ``--max-queue`` requests are already in flight."""
     req = parse_request(await request.body(), request.headers.get("content-type"))
-    sources, pieces = await run_in_threadpool(answer_chunks, service, req, "pai")
-    if req.use_stream_chat:
-        async def body():
-            async for reply in iterate_in_thread(stream_replies(req, sources, pieces)):
-                yield json.dumps(reply, ensure_ascii=False).encode("utf-8") + b"\0"
-        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+    release = gate.enter()
     try:
-        answer = await run_in_threadpool(lambda: "".join(pieces))
-    except Exception as exc:
-        log.exception("generation failed")
-        raise ApiError(500, f"generation failed: {exc}", type="server_error") from None
-    return JSONResponse(_reply(req, answer, sources))
+        sources, pieces = await run_in_threadpool(answer_chunks, service, req, "pai")
+        if req.use_stream_chat:
+            async def body():
+                async with aclosing(iterate_in_thread(stream_replies(req, sources, pieces))) as replies:
+                    async for reply in replies:
+                        yield json.dumps(reply, ensure_ascii=False).encode("utf-8") + b"\0"
+            response = GatedStreamingResponse(body(), release, media_type="text/plain; charset=utf-8")
+            release = None  # the response gives the place back when it ends
+            return response
+        try:
+            answer = await collect(request, pieces)
+        except Exception as exc:
+            log.exception("generation failed")
+            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error") from None
+        if answer is None:
+            return CLIENT_GONE
+        return JSONResponse(_reply(req, answer, sources))
+    finally:
+        if release is not None:
+            release()
 
 
 @router.websocket("/")
@@ -162,33 +203,48 @@ async def pai_websocket(ws: WebSocket):
     ``POST /``, or a plain-text prompt); the answer comes as JSON reply messages
     (streamed when ``use_stream_chat``), then the text ``<EOS>``.  The server keeps
     the connection's history (up to ``--max_round`` rounds) unless a request
-    brings its own non-empty ``history``."""
+    brings its own non-empty ``history``.  A bad request, or one beyond ``--max-queue``,
+    gets ``{"error", "param"}`` (with ``retry_after`` seconds when busy), then ``<EOS>``;
+    the connection stays open."""
     service: ChatService = ws.app.state.service
+    gate: AdmissionGate = ws.app.state.gate
     await ws.accept()
     history: list[tuple[str, str]] = []
     try:
         while True:
-            message = await ws.receive_text()
+            frame = await ws.receive()
+            if frame["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(frame.get("code", 1000))
+            # a text frame, or a binary one holding UTF-8 (parse_request says so when it does not)
+            message = frame["text"] if frame.get("text") is not None else frame.get("bytes") or b""
+            release = None
             try:
                 req = parse_request(message)
                 if not req.history and history:
                     req = req.model_copy(update={"history": history})
+                release = gate.enter()
                 sources, pieces = await run_in_threadpool(answer_chunks, service, req, "websocket")
             except ApiError as exc:
-                await ws.send_json({"error": exc.message, "param": exc.param})
+                if release is not None:
+                    release()
+                extra = {"retry_after": int(exc.headers["Retry-After"])} if "Retry-After" in exc.headers else {}
+                await ws.send_json({"error": exc.message, "param": exc.param, **extra})
                 await ws.send_text(EOS)
                 continue
-            replies = stream_replies(req, sources, pieces)
-            if req.use_stream_chat:
-                last = {}
-                async for last in iterate_in_thread(replies):
-                    await ws.send_text(json.dumps(last, ensure_ascii=False))
-            else:
-                collected = [r async for r in iterate_in_thread(replies)]
-                last = dict(collected[-1])
-                if "error" not in last:
-                    last = {**last, "response": "".join(r["response"] for r in collected)}
-                await ws.send_text(json.dumps(last, ensure_ascii=False))
+            try:
+                async with aclosing(iterate_in_thread(stream_replies(req, sources, pieces))) as replies:
+                    if req.use_stream_chat:
+                        last = {}
+                        async for last in replies:
+                            await ws.send_text(json.dumps(last, ensure_ascii=False))
+                    else:
+                        collected = [r async for r in replies]
+                        last = dict(collected[-1])
+                        if "error" not in last:
+                            last = {**last, "response": "".join(r["response"] for r in collected)}
+                        await ws.send_text(json.dumps(last, ensure_ascii=False))
+            finally:
+                release()
             if "error" not in last:
                 history = trim_history([tuple(h) for h in last["history"]], service.settings.max_round)
             await ws.send_text(EOS)

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import api_knowledge, api_openai, api_pai
-from .api_common import ApiError, error_response
+from .api_common import AdmissionGate, ApiError, error_response
 from .auth import TokenAuthMiddleware
 from .services import ChatService
 from .ui import build_blocks
@@ -26,8 +26,17 @@ PAGE_CSS = "#demo-banner { background: #fff3cd; border: 1px solid #f0c36d; paddi
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":  # loc is ("body", character position)
+        where = first.get("loc", ("body", "?"))[-1]
+        detail = (first.get("ctx") or {}).get("error", "not JSON")
+        return (f"malformed JSON body ({detail} at character {where}): send a JSON object "
+                "(see /docs for its fields)"), None
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     field = ".".join(loc) or None
+    if field is None and first.get("type") == "missing":
+        return "the request body is missing: send a JSON object (see /docs for its fields)", None
+    if field is None and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        return "the request body must be a JSON object (see /docs for its fields)", None
     return (f"{field}: {first['msg']}" if field else first["msg"]), field
 
 
@@ -42,6 +51,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         status = 400 if request.url.path.startswith("/v1/chat/") else 422
         message, field = _validation_message(exc)
         return error_response(status, message, param=field)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception):
+        # anything no route turned into an ApiError: still the documented error shape (and logged)
+        return error_response(500, f"internal server error ({type(exc).__name__}); see the server log",
+                              type="server_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException):
@@ -73,16 +88,19 @@ def create_app(service: ChatService) -> FastAPI:
                           "protocols, knowledge-base endpoints.",
                   docs_url="/docs" if not settings.no_api else None)
     app.state.service = service
+    app.state.gate = AdmissionGate(settings.max_queue)
     _install_error_handlers(app)
 
     @app.get("/health", tags=["server"])
     def health() -> dict:
-        """Liveness and what is loaded: model name, demo flag, default knowledge base."""
+        """Liveness and what is loaded: model name, demo flag, default knowledge base, and the
+        API's generation requests in flight (``active`` of ``max_queue``; ``refused`` with 503 so far)."""
         svc: ChatService = app.state.service
         kb = svc.knowledge_base()
         return {"status": "ok", "model": svc.model.name, "demo": svc.model.is_demo,
                 "knowledge_base": {"name": kb.directory.name, "chunks": len(kb),
-                                   "embedding_model": kb.embedding_model}}
+                                   "embedding_model": kb.embedding_model},
+                "generation": app.state.gate.stats()}
 
     if not settings.no_api:
         app.include_router(api_openai.router)
@@ -93,6 +111,7 @@ def create_app(service: ChatService) -> FastAPI:
     if settings.api_only:
         return app
     page = build_blocks(service)
-    page.queue(default_concurrency_limit=4)
+    # Beyond --max-queue waiting events, Gradio answers "queue is full" instead of piling them up.
+    page.queue(default_concurrency_limit=4, max_size=settings.max_queue)
     return gr.mount_gradio_app(app, page, path="/", css=PAGE_CSS, footer_links=["api", "settings"],
                                max_file_size=f"{settings.max_upload_mb}mb")

@@ -22,6 +22,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # --------------------------------------------------------------------------- PAI-EAS
 
 
+def check_unicode(text: str) -> str:
+    """``text`` if it is valid Unicode text.
+
+    Raises:
+        ValueError: it holds a lone UTF-16 surrogate (JSON ``"\\ud800"``), which
+            no tokenizer, reply or export file can encode.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds a lone UTF-16 surrogate at position {exc.start} (invalid Unicode): "
+                         "send valid UTF-8 text") from None
+    return text
+
+
 class PaiChatRequest(BaseModel):
     """One ChatLLM request (``POST /`` body, or one WebSocket message).
 
@@ -38,9 +53,9 @@ class PaiChatRequest(BaseModel):
     history: list[tuple[str, str]] = Field(default_factory=list,
                                            description="earlier rounds as [user, assistant] pairs")
     max_new_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     do_sample: bool | None = None
     use_cache: bool | None = Field(None, description="accepted for compatibility; the KV cache is always used")
     use_stream_chat: bool = False
@@ -48,7 +63,7 @@ class PaiChatRequest(BaseModel):
     stop: list[str] | None = None
     knowledge_base: str | None = Field(None, description="knowledge base for langchain mode")
     retrieval_top_k: int | None = Field(None, ge=1, le=100, description="chunks retrieved in langchain mode")
-    score_threshold: float | None = Field(None, ge=-1, le=1)
+    score_threshold: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +126,14 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _valid_unicode(cls, v: Any) -> Any:
+        texts = [v] if isinstance(v, str) else [p.text for p in v or [] if p.text]
+        for text in texts:
+            check_unicode(text)
+        return v
+
     def text(self) -> str:
         """The message's text; list content has its text parts joined.
 
@@ -140,8 +163,8 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
@@ -278,7 +301,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     query: str = Field(min_length=1)
     top_k: int = Field(3, ge=1, le=100)
-    score_threshold: float | None = Field(None, ge=-1, le=1)
+    score_threshold: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
 
 
 class SearchReply(BaseModel):

@@ -6,14 +6,16 @@ no conversation: each caller passes its own history (a browser session's
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from llm.base import ChatModel, GenerationParams, Message
 from llm.history import build_messages
-from rag.prompt import build_rag_prompt
+from rag.prompt import build_rag_prompt, no_passage_notice, no_passage_refusal
 from rag.registry import KnowledgeBaseRegistry
+from rag.rerank import Reranker, load_reranker
 from rag.store import KnowledgeBase
 from rag.types import SearchResult
 
@@ -24,6 +26,24 @@ log = logging.getLogger(__name__)
 
 History = Sequence[tuple[str, str]]
 
+#: Query modes, as PAI-RAG offers them: retrieve and generate, generate only
+#: (no knowledge base), retrieve only (the ranked chunks, no generation).
+QUERY_MODES = ("retrieval+llm", "llm", "retrieval")
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit in the model's context (with all droppable history
+    dropped); the message names the prompt's size and the limit.
+
+    Attributes:
+        tokens: the prompt's size in tokens.
+        limit: the most prompt tokens the model accepts (``context_length - 1``).
+    """
+
+    def __init__(self, message: str, tokens: int, limit: int):
+        super().__init__(message)
+        self.tokens, self.limit = tokens, limit
+
 
 @dataclass
 class RagAnswer:
@@ -31,12 +51,21 @@ class RagAnswer:
 
     Attributes:
         sources: the retrieved chunks injected into the prompt, best first; their
-            order is the passage numbering [1], [2], ... the prompt uses.
-        pieces: the answer's text pieces, streamed from the model.
+            order is the passage numbering [1], [2], ... the prompt uses. Empty in
+            "llm" mode and when no chunk passed the score threshold.
+        pieces: the answer's text pieces, streamed from the model. In
+            "retrieval" mode there is no generation and ``pieces`` is empty.
+            When no chunk passed the threshold, the first piece is the
+            program's own notice (:func:`rag.prompt.no_passage_notice`) and the
+            model's answer follows, or the only piece is the refusal.
+        query_mode: one of :data:`QUERY_MODES`.
+        no_relevant_passage: True when retrieval ran and no chunk passed the threshold.
     """
 
     sources: list[SearchResult]
     pieces: Iterator[str]
+    query_mode: str = "retrieval+llm"
+    no_relevant_passage: bool = False
 
 
 class ChatService:
@@ -50,15 +79,20 @@ class ChatService:
             score threshold, system prompt).
         embedding_fallback: True when the configured embedding model could not be
             loaded and the bundled all-MiniLM-L6-v2 is used instead (the page says so).
+        reranker: the cross-encoder reranker; default: loaded from
+            ``settings.reranker_model`` (none when unset or when it cannot be
+            loaded, with a warning; see :func:`rag.rerank.load_reranker`).
     """
 
     def __init__(self, model: ChatModel, knowledge_bases: KnowledgeBaseRegistry, settings: Settings,
-                 embedding_fallback: bool = False, exporter: HistoryExporter | None = None):
+                 embedding_fallback: bool = False, exporter: HistoryExporter | None = None,
+                 reranker: Reranker | None = None):
         self.model = model
         self.knowledge_bases = knowledge_bases
         self.settings = settings
         self.embedding_fallback = embedding_fallback
         self.exporter = exporter
+        self.reranker = reranker if reranker is not None else load_reranker(settings.reranker_model)
 
     def record_round(self, channel: str, prompt: str, response: str, history: History = (),
                      system_prompt: str | None = None, **extra) -> None:
@@ -99,42 +133,119 @@ class ChatService:
             system_prompt=self.settings.system_prompt if system_prompt is None else system_prompt,
             max_round=self.settings.max_round if max_round is None else max_round,
         )
-        return self.stream_messages(messages, params or self.settings.generation_params())
+        params = params or self.settings.generation_params()
+        return self.model.stream(self.fit_context(messages, params), params)
 
     def stream_messages(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
         """Stream the answer to a whole conversation the caller built (the OpenAI API sends
         every message itself; no server system prompt or max_round is applied).
 
         Raises:
-            ValueError: the conversation does not fit in the model's context (real models).
+            PromptTooLongError: the conversation does not fit in the model's context.
         """
-        return self.model.stream(messages, params)
+        return self.model.stream(self.fit_context(messages, params, drop_history=False), params)
+
+    def fit_context(self, messages: Sequence[Message], params: GenerationParams, *,
+                    drop_history: bool = True) -> list[Message]:
+        """The conversation cut to fit the model's context.
+
+        With ``drop_history``, history rounds (a user and an assistant message after
+        the system prompt) are dropped, oldest first, until the prompt leaves room
+        for the answer (``max_new_tokens``, at most half the context); the system
+        prompt and the last message are always kept.
+
+        Raises:
+            PromptTooLongError: the prompt (after dropping) still has more than
+                ``context_length - 1`` tokens; the message names both numbers.
+        """
+        messages = list(messages)
+        context = self.model.context_length
+        limit = context - 1
+        room = context - min(params.max_new_tokens, context // 2)
+        head = 1 if messages and messages[0]["role"] == "system" else 0
+        tokens = self.model.count_prompt_tokens(messages)
+        dropped = 0
+        while drop_history and tokens > room and len(messages) - head >= 3:
+            del messages[head:head + 2]
+            dropped += 1
+            tokens = self.model.count_prompt_tokens(messages)
+        if dropped:
+            log.info("dropped the %d oldest history round(s) to fit the context of %r (%d tokens): "
+                     "the prompt now has %d tokens", dropped, self.model.name, context, tokens)
+        if tokens > limit:
+            what = "the question, the system prompt or the retrieved context" if drop_history else \
+                "the messages (drop the oldest ones)"
+            raise PromptTooLongError(
+                f"the prompt has {tokens} tokens{' even with all history dropped' if dropped else ''}, more than the "
+                f"{limit} that fit in the context of {self.model.name!r} ({context} tokens, one kept for the "
+                f"answer): shorten {what}", tokens, limit)
+        return messages
 
     def retrieve(self, question: str, *, top_k: int | None = None, score_threshold: float | None = None,
-                 kb: str | None = None) -> list[SearchResult]:
-        """The best chunks of knowledge base ``kb`` for ``question``, best first (see KnowledgeBase.search)."""
+                 kb: str | None = None, mode: str | None = None) -> list[SearchResult]:
+        """The best chunks of knowledge base ``kb`` for ``question``, best first.
+
+        ``mode`` is the retriever ("hybrid", "dense" or "bm25"; default
+        ``settings.retrieval_mode``); the server's reranker, if any, re-orders
+        the results; ``score_threshold`` (default ``settings.score_threshold``)
+        is the least cosine similarity. See :meth:`rag.store.KnowledgeBase.search`
+        for the meaning of each result's ``score`` and ``scores``.
+
+        Raises:
+            ValueError: top_k < 1 or an unknown mode.
+        """
         return self.knowledge_base(kb).search(
             question,
             top_k=top_k or self.settings.retrieval_top_k,
             score_threshold=self.settings.score_threshold if score_threshold is None else score_threshold,
+            mode=mode or self.settings.retrieval_mode,
+            reranker=self.reranker,
         )
 
     def answer_from_knowledge(self, question: str, history: History, *, top_k: int | None = None,
                               score_threshold: float | None = None, system_prompt: str | None = None,
                               params: GenerationParams | None = None,
-                              max_round: int | None = None, kb: str | None = None) -> RagAnswer:
-        """Retrieve chunks for ``question``, inject them into the prompt and stream the answer.
+                              max_round: int | None = None, kb: str | None = None,
+                              query_mode: str = "retrieval+llm", retrieval_mode: str | None = None,
+                              no_relevant_passage: str | None = None) -> RagAnswer:
+        """Answer ``question`` in one of the :data:`QUERY_MODES`.
+
+        * ``"retrieval+llm"`` (default): retrieve chunks, number them into the
+          prompt (:func:`rag.prompt.build_rag_prompt`) and stream the answer.
+          When no chunk passes the score threshold: with ``no_relevant_passage``
+          "answer" (default ``settings.no_relevant_passage``) the answer starts
+          with a notice saying so and the model answers from its own knowledge;
+          with "refuse" the notice is the whole answer and the model is not called.
+        * ``"llm"``: the model answers alone; no retrieval.
+        * ``"retrieval"``: the ranked chunks only; no generation (``pieces`` is empty).
 
         ``history`` holds the earlier questions and answers as the user saw them
         (without injected passages), so earlier retrievals do not crowd the context.
 
         Raises:
-            ValueError: the question is empty, or top_k < 1.
+            ValueError: the question is empty, top_k < 1, or an unknown mode / action.
         """
         if not question or not question.strip():
             raise ValueError("the question is empty: type a question first")
-        sources = self.retrieve(question, top_k=top_k, score_threshold=score_threshold, kb=kb)
-        prompt = build_rag_prompt(question, sources)
-        pieces = self.stream_chat(prompt, history, system_prompt=system_prompt, params=params,
-                                  max_round=max_round)
-        return RagAnswer(sources=sources, pieces=pieces)
+        if query_mode not in QUERY_MODES:
+            raise ValueError(f"unknown query mode {query_mode!r}: use one of {', '.join(QUERY_MODES)}")
+        action = no_relevant_passage or self.settings.no_relevant_passage
+        if action not in ("answer", "refuse"):
+            raise ValueError(f"no_relevant_passage must be 'answer' or 'refuse', got {action!r}")
+        generate = dict(system_prompt=system_prompt, params=params, max_round=max_round)
+        if query_mode == "llm":
+            return RagAnswer(sources=[], pieces=self.stream_chat(question, history, **generate), query_mode="llm")
+        threshold = self.settings.score_threshold if score_threshold is None else score_threshold
+        sources = self.retrieve(question, top_k=top_k, score_threshold=threshold, kb=kb, mode=retrieval_mode)
+        if query_mode == "retrieval":
+            return RagAnswer(sources=sources, pieces=iter(()), query_mode="retrieval",
+                             no_relevant_passage=not sources)
+        if sources:
+            pieces = self.stream_chat(build_rag_prompt(question, sources), history, **generate)
+            return RagAnswer(sources=sources, pieces=pieces)
+        if action == "refuse":
+            return RagAnswer(sources=[], pieces=iter([no_passage_refusal(question, threshold)]),
+                             no_relevant_passage=True)
+        pieces = self.stream_chat(build_rag_prompt(question, []), history, **generate)
+        return RagAnswer(sources=[], pieces=itertools.chain([no_passage_notice(question, threshold)], pieces),
+                         no_relevant_passage=True)

@@ -55,7 +55,9 @@ class Settings:
     no_api: bool = False
     api_token: str | None = None
     max_upload_mb: int = 100
+    max_queue: int = 64
     max_new_tokens: int = 1024
+    max_new_tokens_limit: int = 4096
     temperature: float = 0.7
     top_k: int = 20
     top_p: float = 0.8
@@ -73,6 +75,9 @@ class Settings:
     chunk_overlap: int = 50
     retrieval_top_k: int = 3
     score_threshold: float = 0.3
+    retrieval_mode: str = "hybrid"
+    reranker_model: str | None = None
+    no_relevant_passage: str = "answer"
     demo_dir: Path | None = None
 
     def generation_params(self, **overrides) -> GenerationParams:
@@ -130,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="chat template family to use only when the tokenizer has none")
     g = p.add_argument_group("generation defaults (the page can change them per session)")
     _flag(g, "max-new-tokens", type=int, default=d.max_new_tokens, help="most tokens in an answer")
+    _flag(g, "max-new-tokens-limit", type=int, default=d.max_new_tokens_limit,
+          help="largest max_new_tokens a request (API or page) may ask for; more is refused with 422")
     _flag(g, "temperature", type=float, default=d.temperature, help="0 = greedy decoding")
     _flag(g, "top-k", type=int, default=d.top_k, help="sample among the k most likely tokens")
     _flag(g, "top-p", type=float, default=d.top_p, help="nucleus sampling mass")
@@ -147,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "retrieval-top-k", type=int, default=d.retrieval_top_k, help="chunks retrieved per question")
     _flag(g, "score-threshold", type=float, default=d.score_threshold,
           help="least cosine similarity for a chunk to be used (-1 keeps all)")
+    _flag(g, "retrieval-mode", default=d.retrieval_mode, choices=["hybrid", "dense", "bm25"],
+          help="retriever: hybrid (dense + BM25, fused), dense (embeddings) or bm25 (keywords)")
+    _flag(g, "reranker-model", default=None, metavar="NAME",
+          help="cross-encoder (sentence-transformers CrossEncoder, hub id or folder) that reranks the retrieved "
+          "chunks; off when not given or when it cannot be loaded (with a warning)")
+    _flag(g, "no-relevant-passage", default=d.no_relevant_passage, choices=["answer", "refuse"],
+          help="when no chunk passes the score threshold: answer from the model's own knowledge, marked as "
+          "such, or refuse")
     g = p.add_argument_group("server")
     _flag(g, "host", default=d.host, help="address to bind; 0.0.0.0 serves other machines")
     _flag(g, "port", type=int, default=d.port)
@@ -156,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
           help="require this token (header 'Authorization: TOKEN' or 'Bearer TOKEN'; in a browser "
           "/?token=TOKEN once) on the page, the API and the WebSocket; default $CHATLLM_API_TOKEN")
     _flag(g, "max-upload-mb", type=int, default=d.max_upload_mb, help="largest file accepted by an upload, in MB")
+    _flag(g, "max-queue", type=int, default=d.max_queue,
+          help="most generation requests the API admits at once (running or waiting); more are answered 503 "
+          "with Retry-After. The page's queue likewise holds at most this many waiting events (beyond the 4 "
+          "it runs) and answers 'queue is full' to more")
     _flag(g, "log-level", default=d.log_level, type=str.upper,
           choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     _flag(g, "export-history-path", default=None, metavar="DIR",
@@ -185,6 +204,11 @@ def _check(parser: argparse.ArgumentParser, s: Settings) -> None:
         problems.append(f"--port must be in 1..65535, got {s.port}")
     if s.max_new_tokens < 1:
         problems.append(f"--max-new-tokens must be >= 1, got {s.max_new_tokens}")
+    if s.max_new_tokens_limit < s.max_new_tokens:
+        problems.append(f"--max-new-tokens-limit ({s.max_new_tokens_limit}) must be >= --max-new-tokens "
+                        f"({s.max_new_tokens})")
+    if s.max_queue < 1:
+        problems.append(f"--max-queue must be >= 1, got {s.max_queue}")
     if s.temperature < 0:
         problems.append(f"--temperature must be >= 0, got {s.temperature}")
     if not 0 < s.top_p <= 1:

@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "and the knowledge bases; set --api-token or $%s", settings.host, ENV_VAR)
     log.info("serving http://%s:%d", "localhost" if settings.host in ("127.0.0.1", "localhost") else settings.host,
              settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    # Open streams (a browser's queue connection) get 5 s to end on shutdown, not forever.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                timeout_graceful_shutdown=5)
     return 0
 
 

@@ -1,0 +1,320 @@
+"""Retrieval latency as the store grows (issue 6, item 4), query embedding included.
+
+How the stores are built (embedding 100k chunks with MiniLM on 2 CPU cores would take
+hours, so chunk vectors are synthesised; every query is embedded for real):
+
+1. **pool**: every chunk (500/50 characters) of the DeepSpeed docs, the PDFs and the Word
+   files of ``../shared/corpus`` is embedded for real by the bundled all-MiniLM-L6-v2
+   (~650 vectors; cached under the demo model's cache folder, keyed by model and texts).
+2. **chunk texts**: real corpus sentences, drawn at random and joined to 260-480
+   characters, one paragraph each, so the knowledge base's splitter keeps each as one chunk.
+3. **chunk vectors**: for a chunk text, two pool vectors ``a``, ``b`` and a noise vector
+   ``e`` (N(0, 0.02²) per dimension) are picked from a hash of the text, and its vector is
+   ``normalise(a + 0.5 b + e)``: vectors of the same shape and neighbourhood structure as
+   real MiniLM vectors of this corpus, all distinct.
+4. **queries**: other corpus sentences (<= 120 characters), embedded by the real model
+   on every search.
+
+Two levels are measured at each size (default 1k, 10k, 100k chunks):
+
+* **FAISS**: flat (exact), HNSW (M=32, several efSearch) and IVF-flat (nlist = 4 sqrt(N),
+  several nprobe) over the same vectors: build seconds, per-query latency p50/p95 of
+  embedding + search and of the search alone (one query at a time, as a server does), and
+  recall@10 against flat;
+* **knowledge base**: the same chunks ingested through ``KnowledgeBase.add_files`` (with an
+  embedder whose documents get the synthetic vectors and whose queries the real model),
+  then ``KnowledgeBase.search`` latency p50/p95 in ``dense`` and ``hybrid`` mode, top_k 3,
+  with the index type the knowledge base picks for its size.
+
+Full run:   python bench/retrieval.py --out retrieval.json
+CI smoke:   python bench/retrieval.py --smoke
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench.common import machine, percentile, write_result  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+NOISE_SIGMA = 0.02
+HNSW_M = 32
+_SENTENCE_END = re.compile(r"(?<=[.!?:;])\s+|\n+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd\ufffe]")
+
+
+# ------------------------------------------------------------------ data
+
+def corpus_chunks(corpus: Path, smoke: bool = False) -> list[str]:
+    """All chunks (500/50) of the corpus' DeepSpeed docs, PDFs and Word files (the password PDF
+    and the files without text are left out); ``smoke``: of two small files only."""
+    from rag.loaders import DocumentLoadError, load_file
+    from rag.splitter import make_text_splitter, split_documents
+
+    splitter = make_text_splitter(500, 50)
+    files = (sorted((corpus / "deepspeed").glob("*.md")) + sorted((corpus / "pdf").glob("*.pdf"))
+             + sorted((corpus / "docx").glob("*.docx")))
+    if smoke:
+        files = [corpus / "deepspeed" / "advanced-install.md", corpus / "pdf" / "pdflatex-4-pages.pdf"]
+    chunks = []
+    for f in files:
+        try:
+            chunks += [c.page_content for c in split_documents(load_file(f), splitter)]
+        except DocumentLoadError:
+            continue
+    return chunks
+
+
+def sentences_of(chunks: Sequence[str]) -> list[str]:
+    """Sentences (and lines) of at least 20 characters, whitespace collapsed, control
+    characters (NULs of glyphs a PDF extractor could not map) dropped, deduplicated."""
+    seen, out = set(), []
+    for chunk in chunks:
+        for s in _SENTENCE_END.split(chunk):
+            s = " ".join(_CONTROL.sub(" ", s).split())
+            if len(s) >= 20 and s not in seen:
+                seen.add(s)
+                out.append(s[:400])
+    return out
+
+
+def synthetic_texts(sentences: Sequence[str], n: int, seed: int) -> list[str]:
+    """``n`` distinct chunk texts of 260-480 characters made of random corpus sentences."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        target, parts, length = rng.randint(260, 480), [], 0
+        while length < target:
+            s = rng.choice(sentences)
+            parts.append(s)
+            length += len(s) + 1
+        text = " ".join(parts)[:480].rstrip()
+        texts.append(f"{text} [{i}]")  # distinct even when the same sentences are drawn
+    return texts
+
+
+def pool_vectors(embedder, texts: list[str]) -> np.ndarray:
+    """Real embeddings of ``texts``, cached on disk by (model, texts)."""
+    from llm.demo import default_demo_dir
+
+    key = hashlib.sha256("\n\0".join([embedder.name, *texts]).encode()).hexdigest()[:16]
+    cache = default_demo_dir().parent / f"bench-retrieval-pool-{key}.npy"
+    if cache.is_file():
+        vectors = np.load(cache)
+        if vectors.shape == (len(texts), embedder.dim):
+            return vectors
+    vectors = embedder.embed_documents(texts)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vectors)
+    return vectors
+
+
+def synthetic_vectors(texts: Sequence[str], pool: np.ndarray) -> np.ndarray:
+    """``normalise(pool[a] + 0.5 pool[b] + e)`` per text, ``a``, ``b``, ``e`` drawn from a hash
+    of the text (so the same text always gets the same vector); float32 (len(texts), dim)."""
+    out = np.empty((len(texts), pool.shape[1]), dtype=np.float32)
+    for i, text in enumerate(texts):
+        seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+        rng = np.random.default_rng(seed)
+        a, b = rng.integers(0, len(pool), size=2)
+        v = pool[a] + 0.5 * pool[b] + rng.normal(0.0, NOISE_SIGMA, pool.shape[1])
+        out[i] = v / np.linalg.norm(v)
+    return out
+
+
+def synthetic_embedder(real, pool: np.ndarray):
+    """An :class:`rag.embeddings.Embedder` that embeds documents with :func:`synthetic_vectors`
+    and queries with the real model ``real``."""
+    from rag.embeddings import Embedder
+
+    class SyntheticDocuments(Embedder):
+        def embed_documents(self, texts, batch_size=32, show_progress=False):
+            return synthetic_vectors(list(texts), pool)
+
+    return SyntheticDocuments(real.model, real.name, real.query_instruction)
+
+
+# ----------------------------------------------------------------- FAISS
+
+def faiss_variants(vectors: np.ndarray, hnsw_ef: Sequence[int], ivf_nprobe: Sequence[int]):
+    """(name, index, search parameter setter, build seconds) for flat, HNSW and IVF over ``vectors``."""
+    import faiss
+
+    d, n = vectors.shape[1], len(vectors)
+    start = time.perf_counter()
+    flat = faiss.IndexFlatIP(d)
+    flat.add(vectors)
+    out = [("flat", flat, None, time.perf_counter() - start)]
+    start = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(vectors)
+    build = time.perf_counter() - start
+    for ef in hnsw_ef:
+        out.append((f"hnsw efSearch={ef}", hnsw, ("efSearch", ef), build))
+    nlist = max(1, int(4 * np.sqrt(n)))
+    if n >= 39 * nlist:  # FAISS wants >= 39 training points per list
+        start = time.perf_counter()
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(vectors)
+        ivf.add(vectors)
+        build = time.perf_counter() - start
+        for nprobe in ivf_nprobe:
+            out.append((f"ivf nlist={nlist} nprobe={nprobe}", ivf, ("nprobe", nprobe), build))
+    return out
+
+
+def measure_faiss(vectors: np.ndarray, embedder, queries: list[str], k: int, hnsw_ef, ivf_nprobe,
+                  warmup: int) -> list[dict[str, Any]]:
+    """Per index variant: build s, latency p50/p95 (ms) of embed+search and search only, recall@k."""
+    import faiss
+
+    query_vectors = np.stack([embedder.embed_query(q) for q in queries])
+    exact = None
+    rows = []
+    for name, index, param, build in faiss_variants(vectors, hnsw_ef, ivf_nprobe):
+        if param is not None:
+            faiss.ParameterSpace().set_index_parameter(index, *param)
+        for q in queries[:warmup]:
+            index.search(embedder.embed_query(q).reshape(1, -1), k)
+        total, search_only, found = [], [], []
+        for q in queries:
+            start = time.perf_counter()
+            qv = embedder.embed_query(q).reshape(1, -1)
+            mid = time.perf_counter()
+            _, ids = index.search(qv, k)
+            end = time.perf_counter()
+            total.append((end - start) * 1000)
+            search_only.append((end - mid) * 1000)
+        _, found = index.search(query_vectors, k)
+        if exact is None:
+            exact = found
+        recall = np.mean([len(set(a[a >= 0]) & set(b)) / k for a, b in zip(found, exact)])
+        rows.append({"index": name, "build_s": build,
+                     "p50_ms": percentile(total, 50), "p95_ms": percentile(total, 95),
+                     "search_p50_ms": percentile(search_only, 50), "search_p95_ms": percentile(search_only, 95),
+                     f"recall@{k}": float(recall)})
+    return rows
+
+
+# -------------------------------------------------------- knowledge base
+
+def measure_kb(texts: list[str], embedder, queries: list[str], workdir: Path, warmup: int) -> dict[str, Any]:
+    """Ingest ``texts`` (one paragraph per chunk) through ``add_files``; search latency per mode."""
+    from rag.store import KnowledgeBase
+
+    folder = Path(tempfile.mkdtemp(dir=workdir))
+    files = []
+    per_file = 5000
+    for start in range(0, len(texts), per_file):
+        path = folder.parent / f"{folder.name}-part{start // per_file:04d}.txt"
+        path.write_text("\n\n".join(texts[start:start + per_file]), encoding="utf-8")
+        files.append(path)
+    start = time.perf_counter()
+    kb = KnowledgeBase.open(folder / "kb", embedder)
+    reports = kb.add_files(files, commit_every=len(files))
+    ingest = time.perf_counter() - start
+    bad = [r.reason for r in reports if r.status != "added"]
+    if bad:
+        raise RuntimeError(f"ingestion failed: {bad}")
+    row: dict[str, Any] = {"chunks": len(kb), "ingest_s": ingest,
+                           "index": type(getattr(kb, "_index")).__name__}
+    describe = getattr(kb, "index_description", None)
+    if describe is not None:
+        row["index"] = describe() if callable(describe) else describe
+    for mode in ("dense", "hybrid"):
+        for q in queries[:warmup]:
+            kb.search(q, top_k=3, mode=mode)
+        times = []
+        for q in queries:
+            t0 = time.perf_counter()
+            kb.search(q, top_k=3, mode=mode)
+            times.append((time.perf_counter() - t0) * 1000)
+        row[mode] = {"p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95)}
+    return row
+
+
+# ------------------------------------------------------------------ main
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", type=Path, default=CORPUS)
+    p.add_argument("--sizes", default="1000,10000,100000", help="chunks in the store, comma-separated")
+    p.add_argument("--queries", type=int, default=200, help="timed queries per measurement")
+    p.add_argument("--k", type=int, default=10, help="neighbours for recall@k")
+    p.add_argument("--hnsw-ef", default="16,64,128", help="HNSW efSearch values")
+    p.add_argument("--ivf-nprobe", default="8,32", help="IVF nprobe values")
+    p.add_argument("--no-kb", action="store_true", help="FAISS level only (skip the knowledge-base level)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="pool from two small files, sizes 100,500, 5 queries")
+    p.add_argument("--out", help="also write the JSON result here")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.queries, args.hnsw_ef, args.ivf_nprobe = "100,500", 5, "16", "8"
+    if not (args.corpus / "deepspeed").is_dir():
+        p.error(f"{args.corpus}: no corpus there; it lives in ../shared/corpus (see its README.md)")
+    import logging
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    logging.getLogger("jieba").setLevel(logging.WARNING)
+    import faiss
+
+    from rag.embeddings import load_embedder
+
+    real = load_embedder("bundled", device="cpu")
+    chunks = corpus_chunks(args.corpus, args.smoke)
+    pool = pool_vectors(real, chunks)
+    sentences = sentences_of(chunks)
+    rng = random.Random(args.seed)
+    queries = [s[:120] for s in rng.sample(sentences, min(len(sentences), args.queries))]
+    warmup = min(20, len(queries) // 2)
+    embedder = synthetic_embedder(real, pool)
+
+    embed_times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        real.embed_query(q)
+        embed_times.append((time.perf_counter() - t0) * 1000)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for n in sizes:
+            texts = synthetic_texts(sentences, n, args.seed)
+            vectors = synthetic_vectors(texts, pool)
+            row: dict[str, Any] = {"chunks": n, "faiss": measure_faiss(
+                vectors, real, queries, args.k, [int(x) for x in args.hnsw_ef.split(",")],
+                [int(x) for x in args.ivf_nprobe.split(",")], warmup)}
+            if not args.no_kb:
+                row["knowledge_base"] = measure_kb(texts, embedder, queries, Path(workdir), warmup)
+            rows.append(row)
+            print(f"{n} chunks done", file=sys.stderr, flush=True)
+    result = {
+        "benchmark": "retrieval", "machine": machine(), "faiss": faiss.__version__, "model": real.name,
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "command": "python bench/retrieval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "method": (f"pool of {len(pool)} real MiniLM vectors of corpus chunks; chunk texts = random corpus "
+                   f"sentences joined to 260-480 chars; chunk vector = normalise(pool[a] + 0.5 pool[b] + "
+                   f"N(0, {NOISE_SIGMA}^2)), a, b, noise from a hash of the text; every query (a corpus "
+                   f"sentence <= 120 chars) embedded by the real model in each timed search"),
+        "queries": len(queries), "k": args.k,
+        "query_embedding_ms": {"p50": percentile(embed_times, 50), "p95": percentile(embed_times, 95)},
+        "sizes": rows,
+    }
+    write_result(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

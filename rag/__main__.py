@@ -1,0 +1,7 @@
+"""``python -m rag``: see :mod:`rag.cli`."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

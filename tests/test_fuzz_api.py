@@ -1,0 +1,81 @@
+"""Fuzz the HTTP API from its own OpenAPI schema with schemathesis (issue 5).
+
+Every operation of ``/openapi.json`` gets a fixed number of generated requests,
+schema-valid (positive) and schema-violating (negative), against the real app in
+process with a scripted model and the fast hash embedder.  Checked for each:
+no 5xx, the status code and content type are documented, the body matches the
+documented schema, and invalid requests are rejected (except multipart uploads,
+where every value is bytes, so "a number where a string was expected" cannot be
+told apart from a file holding "0.0").
+
+Not checked: schemathesis's "positive data acceptance", because the API refuses
+some schema-valid requests for reasons a JSON schema cannot express (a blank
+prompt, a last message that is empty, a prompt longer than the model's context,
+max_new_tokens above --max-new-tokens-limit); those get a 400/422 naming the
+field, as tests/test_reliability_input.py checks one by one.
+
+Schemathesis's pytest plugin (``from_fixture``/``parametrize``) does not run
+under pytest 9, so the operations are driven with plain Hypothesis ``@given``
+over ``operation.as_strategy()``; ``derandomize`` keeps CI runs repeatable.
+"""
+from __future__ import annotations
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis", reason="pip install -e '.[test]' brings schemathesis")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.core.failures import FailureGroup  # noqa: E402
+from schemathesis.specs.openapi import checks as openapi_checks  # noqa: E402
+
+from webui.app import create_app  # noqa: E402
+
+from .conftest import FakeChatModel  # noqa: E402
+from .reliability_utils import make_service  # noqa: E402
+
+EXAMPLES = 25  # per operation and mode: 10 operations x 2 modes x 25 = 500 requests, a few seconds
+CHECKS = [not_a_server_error, openapi_checks.status_code_conformance, openapi_checks.content_type_conformance,
+          openapi_checks.response_schema_conformance, openapi_checks.response_headers_conformance]
+NEGATIVE_CHECKS = CHECKS + [openapi_checks.negative_data_rejection]
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_api_from_its_openapi_schema(tmp_path, mode, capsys):
+    app = create_app(make_service(FakeChatModel("a scripted answer"), tmp_path, api_only=True))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    failures: list[str] = []
+    ran: dict[str, int] = {}
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /", "POST /v1/chat/completions", "POST /v1/knowledge/{kb}/files",
+                                               "POST /v1/knowledge/{kb}/search"}
+    for op in operations:
+        checks = CHECKS if mode == "positive" or "multipart/form-data" in str(op.definition.raw) \
+            else NEGATIVE_CHECKS
+        try:
+            fuzz(op, mode, checks, ran, failures)
+        except Unsatisfiable:  # nothing to violate (e.g. GET /health has no parameters)
+            assert mode == "negative", op.label
+    with capsys.disabled():
+        print(f"\nschemathesis {mode}: {sum(ran.values())} requests over {len(ran)} operations, "
+              f"{len(failures)} failure(s)")
+    assert ran.get("POST /", 0) >= EXAMPLES // 2 and ran.get("POST /v1/chat/completions", 0) >= EXAMPLES // 2
+    assert not failures, "\n\n".join(failures[:5])
+    assert app.state.gate.stats()["active"] == 0, "every request gave its queue place back"
+
+
+def fuzz(op, mode: str, checks: list, ran: dict[str, int], failures: list[str]) -> None:
+    """Send ``EXAMPLES`` generated requests to ``op``; count them in ``ran``, collect failures."""
+
+    @given(case=op.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case):
+        ran[op.label] = ran.get(op.label, 0) + 1
+        try:
+            case.call_and_validate(checks=checks)
+        except FailureGroup as exc:
+            failures.append(f"{op.label}: {exc}")
+
+    run()
