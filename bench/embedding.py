@@ -3,7 +3,7 @@
 The texts are real chunks (the knowledge base's splitter, 500/50 characters) of the
 DeepSpeed docs and the 117-page PDF in ``../shared/corpus``; the model is the bundled
 all-MiniLM-L6-v2 (the only one available offline). Each variant embeds the same texts
-``--repeats`` times after a warm-up; the median gives chunks/s. Quality: the cosine of
+``--repeats`` times after a warm-up, the variants taking turns; the median gives chunks/s. Quality: the cosine of
 each variant's vector with the torch fp32 vector of the same chunk (mean and min), and
 how often the nearest chunk to each of ``--queries`` corpus sentences is the same.
 
@@ -57,17 +57,6 @@ def corpus_chunks(corpus: Path, limit: int, pdf_name: str = "GeoTopo-komprimiert
     pdf = [c.page_content for c in split_documents(load_file(corpus / "pdf" / pdf_name), splitter)]
     mixed = [t for pair in zip(md, pdf) for t in pair]
     return mixed[:limit]
-
-
-def measure(fn: Callable[[list[str]], np.ndarray], texts: list[str], repeats: int) -> tuple[np.ndarray, float]:
-    """(vectors, median seconds) of ``repeats`` calls after one warm-up call on 8 texts."""
-    fn(texts[:8])
-    times, vectors = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        vectors = fn(texts)
-        times.append(time.perf_counter() - start)
-    return np.asarray(vectors, dtype=np.float32), statistics.median(times)
 
 
 def onnx_export(st_model, folder: Path) -> Path:
@@ -152,22 +141,16 @@ def main(argv: list[str] | None = None) -> dict:
     texts, queries = texts[:args.chunks], [t[:120] for t in texts[args.chunks:]]
     embedder = load_embedder("bundled", device="cpu")
     st_model = embedder.model
-    rows: list[dict[str, Any]] = []
-    reference = query_ref = None
+    variants: list[tuple[str, int, Callable[[list[str]], np.ndarray]]] = []
+    failed: list[dict[str, Any]] = []
 
     def add(variant: str, batch_size: int, fn: Callable[[list[str]], np.ndarray]) -> None:
-        nonlocal reference, query_ref
         try:
-            vectors, seconds = measure(fn, texts, args.repeats)
+            fn(texts[:8])  # warm-up, and loads what it loads
         except Exception as exc:  # noqa: BLE001 - a variant that cannot run is a result
-            rows.append({"variant": variant, "batch_size": batch_size, "error": f"{type(exc).__name__}: {exc}"})
+            failed.append({"variant": variant, "batch_size": batch_size, "error": f"{type(exc).__name__}: {exc}"})
             return
-        row = {"variant": variant, "batch_size": batch_size, "seconds": seconds, "chunks_per_s": len(texts) / seconds}
-        if reference is None:
-            reference, query_ref = vectors, fn(queries)
-        else:
-            row.update(agreement(reference, vectors, query_ref, fn(queries)))
-        rows.append(row)
+        variants.append((variant, batch_size, fn))
 
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     base = args.batch_size if args.batch_size in sizes else sizes[0]
@@ -182,26 +165,49 @@ def main(argv: list[str] | None = None) -> dict:
         model = SentenceTransformer(str(bundled_model_path()), device="cpu", backend="onnx")
         return model.encode(t, batch_size=args.batch_size, normalize_embeddings=True)
     add("sentence-transformers onnx", args.batch_size, st_onnx)
+    if failed and failed[-1]["variant"] == "sentence-transformers onnx":
+        failed[-1]["note"] = ("sentence-transformers' onnx backend loads through optimum-onnx, whose latest release "
+                              "(0.1.0) requires transformers<4.58; this project needs transformers>=5 "
+                              "(huggingface/optimum-onnx#114), so the two cannot be installed together")
 
-    try:
-        import onnxruntime  # noqa: F401
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            import onnxruntime  # noqa: F401
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        with tempfile.TemporaryDirectory() as tmp:
             fp32 = onnx_export(st_model, Path(tmp))
             add("onnxruntime fp32", args.batch_size, ort_embedder(st_model, fp32, args.batch_size))
             int8 = Path(tmp) / "model-int8.onnx"
             # per-channel: per-tensor int8 weights cost MiniLM ~0.09 of cosine similarity here
             quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
             add("onnxruntime int8", args.batch_size, ort_embedder(st_model, int8, args.batch_size))
-    except ImportError as exc:
-        rows.append({"variant": "onnxruntime", "error": f"{exc}; pip install 'chatllm-webui[bench]'"})
+        except ImportError as exc:
+            failed.append({"variant": "onnxruntime", "error": f"{exc}; pip install 'chatllm-webui[bench]'"})
 
-    if not args.smoke:  # torch.ao.quantization is deprecated (moving to torchao): measured, not smoke-tested
-        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(st_model), {torch.nn.Linear},
-                                                           dtype=torch.qint8)
-        add("torch int8 (dynamic)", args.batch_size,
-            lambda t: quantized.encode(t, batch_size=args.batch_size, normalize_embeddings=True))
+        if not args.smoke:  # torch.ao.quantization is deprecated (moving to torchao): measured, not smoke-tested
+            quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(st_model), {torch.nn.Linear},
+                                                               dtype=torch.qint8)
+            add("torch int8 (dynamic)", args.batch_size,
+                lambda t: quantized.encode(t, batch_size=args.batch_size, normalize_embeddings=True))
+
+        # Round-robin, so a change in the machine's load hits every variant alike.
+        times: list[list[float]] = [[] for _ in variants]
+        vectors: list[np.ndarray] = [np.empty(0)] * len(variants)
+        for _ in range(args.repeats):
+            for i, (_, _, fn) in enumerate(variants):
+                start = time.perf_counter()
+                vectors[i] = np.asarray(fn(texts), dtype=np.float32)
+                times[i].append(time.perf_counter() - start)
+        rows: list[dict[str, Any]] = []
+        query_ref = variants[0][2](queries)
+        for i, (variant, batch_size, fn) in enumerate(variants):
+            seconds = statistics.median(times[i])
+            row = {"variant": variant, "batch_size": batch_size, "seconds": seconds,
+                   "chunks_per_s": len(texts) / seconds, "runs_s": [round(t, 3) for t in times[i]]}
+            if i:
+                row.update(agreement(vectors[0], vectors[i], query_ref, fn(queries)))
+            rows.append(row)
+    rows += failed
 
     torch_base = rows[0].get("chunks_per_s")
     for row in rows:

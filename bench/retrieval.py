@@ -35,7 +35,6 @@ import argparse
 import hashlib
 import random
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -257,6 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--hnsw-ef", default="16,64,128", help="HNSW efSearch values")
     p.add_argument("--ivf-nprobe", default="8,32", help="IVF nprobe values")
     p.add_argument("--no-kb", action="store_true", help="FAISS level only (skip the knowledge-base level)")
+    p.add_argument("--faiss-threads", type=int, default=None,
+                   help="OpenMP threads of FAISS (default: its own, one per core); 1 shows what one-query "
+                        "searches cost without OpenMP's thread hand-off on a busy machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="pool from two small files, sizes 100,500, 5 queries")
     p.add_argument("--out", help="also write the JSON result here")
@@ -272,6 +274,9 @@ def main(argv: list[str] | None = None) -> dict:
     import faiss
 
     from rag.embeddings import load_embedder
+
+    if args.faiss_threads:
+        faiss.omp_set_num_threads(args.faiss_threads)
 
     real = load_embedder("bundled", device="cpu")
     chunks = corpus_chunks(args.corpus, args.smoke)

@@ -60,8 +60,8 @@ def test_create_pick_and_delete_knowledge_bases(handlers):
 def test_each_session_works_on_its_own_knowledge_base(handlers, corpus):
     k = handlers.knowledge
     k.create("deepspeed", "default")
-    report, status = handlers.ingest([str(corpus / "deepspeed" / "README.md")], "deepspeed")
-    assert "added" in report_rows(report)["README.md"] and "**deepspeed**: 1 file(s)" in status
+    report, status = handlers.ingest([str(corpus / "deepspeed" / "advanced-install.md")], "deepspeed")
+    assert "added" in report_rows(report)["advanced-install.md"] and "**deepspeed**: 1 file(s)" in status
     assert handlers.kb_status("default").startswith("Knowledge base **default**: 0 file(s)")
 
     # session A picked "deepspeed", session B stayed on "default": same question, different answers
@@ -71,7 +71,7 @@ def test_each_session_works_on_its_own_knowledge_base(handlers, corpus):
     assert "No relevant passage" in b[3]
 
     state, status, table, file_pick = k.select("deepspeed")
-    assert state == "deepspeed" and [row[0] for row in table] == ["README.md"]
+    assert state == "deepspeed" and [row[0] for row in table] == ["advanced-install.md"]
     assert k.select(None)[0] == "default"
 
 

@@ -23,7 +23,7 @@ REPLY = "Install it with pip ."
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, embedder, corpus):
     registry = KnowledgeBaseRegistry(tmp_path_factory.mktemp("modes") / "knowledge", embedder)
-    registry.get("default", create=True).add_files([corpus / "deepspeed" / "README.md"])
+    registry.get("default", create=True).add_files([corpus / "deepspeed" / "advanced-install.md"])
     return registry
 
 
@@ -114,7 +114,7 @@ def test_langchain_tab_query_modes(registry):
     chat, history, _, sources = list(h.rag_chat(question, [], 3, 0.0, *GEN, 5, None, "retrieval", "hybrid"))[-1]
     assert service.model.calls == [], "retrieval only: no generation"
     assert chat[-1]["content"] == sources and sources.startswith("**Sources**")
-    assert re.search(r"\[1\] \*\*README\\\.md\*\* · score [01]\.\d{3} \(hybrid; cosine", sources)
+    assert re.search(r"\[1\] \*\*advanced\\-install\\\.md\*\* · score [01]\.\d{3} \(hybrid; cosine", sources)
     assert history == [[question, sources]]
 
     chat, history, _, sources = list(h.rag_chat(question, [], 3, 0.0, *GEN, 5, None, "llm", None))[-1]

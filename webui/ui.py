@@ -5,7 +5,8 @@ All conversation state lives in per-session ``gr.State`` values (a list of
 knowledge base inside :class:`~webui.services.ChatService`, captured by the
 handlers' closures.  The handlers are plain functions (see :class:`PageHandlers`)
 so tests can call them without a browser, and the page exposes them under the
-API names ``chat``, ``clear``, ``ingest`` and ``rag_chat`` for gradio_client.
+API names ``chat``, ``clear``, ``ingest`` and ``rag_chat`` (and ``kb_select``,
+``kb_create``, ``kb_delete``, ``kb_delete_file``) for gradio_client.
 The knowledge base a LangChain-tab session works on is that session's own
 ``gr.State`` (a name); the knowledge-base controls are in :mod:`webui.ui_knowledge`.
 """
