@@ -353,3 +353,14 @@ def test_rounds_from_every_protocol_are_exported(make_client, tmp_path):
     assert [(r["channel"], r["prompt"], r["response"]) for r in lines] == [
         ("pai", "p1", REPLY), ("openai", "o1", REPLY), ("websocket", "w1", REPLY)]
     assert lines[0]["history"] == [["a", "b"]] and lines[1]["system_prompt"] == "S"
+
+
+def test_search_uses_the_servers_retriever_and_reports_every_score(client, corpus):
+    client.post("/v1/knowledge/docs/files", files=[("files", ("README.md", (corpus / "deepspeed" / "README.md").read_bytes()))])
+    hybrid = client.post("/v1/knowledge/docs/search", json={"query": "pip install deepspeed", "top_k": 3}).json()["results"]
+    assert {r["retriever"] for r in hybrid} == {client.app.state.service.settings.retrieval_mode}
+    assert all("cosine" in r["scores"] for r in hybrid)
+    dense = client.post("/v1/knowledge/docs/search", json={"query": "pip install deepspeed", "mode": "dense"}).json()["results"]
+    assert {r["retriever"] for r in dense} == {"dense"} and all(r["score"] == r["scores"]["cosine"] for r in dense)
+    bad = client.post("/v1/knowledge/docs/search", json={"query": "q", "mode": "magic"})
+    assert bad.status_code == 422 and "mode" in bad.json()["error"]["message"]

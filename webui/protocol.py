@@ -90,13 +90,20 @@ class PaiChatRequest(BaseModel):
 
 
 class Source(BaseModel):
-    """A retrieved chunk shown with an answer: file, page (PDFs), score, text."""
+    """A retrieved chunk shown with an answer: file, page (PDFs), score, text.
+
+    ``score`` is what the results are ranked by (cosine for dense, BM25 for bm25, the
+    fused 0-1 score for hybrid, the cross-encoder's for reranked); ``scores`` holds every
+    score computed (always ``cosine``); ``retriever`` names the one that ranked them.
+    """
 
     source: str
     page: int | None = None
     score: float
     text: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    scores: dict[str, float] = Field(default_factory=dict)
+    retriever: str | None = None
 
 
 class PaiChatResponse(BaseModel):
@@ -298,7 +305,10 @@ class DeleteReply(BaseModel):
 
 
 class SearchRequest(BaseModel):
+    """``POST /v1/knowledge/{kb}/search``; ``mode`` defaults to the server's ``--retrieval-mode``."""
+
     model_config = ConfigDict(extra="ignore")
+    mode: Literal["hybrid", "dense", "bm25"] | None = None
     query: str = Field(min_length=1)
     top_k: int = Field(3, ge=1, le=100)
     score_threshold: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
