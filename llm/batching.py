@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from transformers import GenerationConfig
 
 from llm.base import GenerationError, GenerationParams
-from llm.hf import HFChatModel, _held_back
+from llm.hf import HFChatModel, StopStrings
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +145,7 @@ class BatchedHFChatModel(HFChatModel):
             if submitted is None:
                 raise GenerationError(f"{self.name!r} is not accepting requests (the batching loop stopped)")
             sent = ""  # text already yielded or held back, decoded from all tokens so far
-            pending = ""
-            stops = params.stop
+            stop = StopStrings(params.stop)
             while True:
                 try:
                     item = q.get(timeout=self.stream_timeout)
@@ -160,21 +159,11 @@ class BatchedHFChatModel(HFChatModel):
                 text = self.tokenizer.decode(item.generated_tokens, skip_special_tokens=True)
                 if not finished and text.endswith("\ufffd"):
                     continue  # a character split across tokens: wait for the rest
-                pending += text[len(sent):]
+                ready = stop.feed(text[len(sent):], final=finished)
                 sent = text
-                if stops:
-                    cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
-                    if cut >= 0:
-                        if pending[:cut]:
-                            yield pending[:cut]
-                        return
-                    keep = 0 if finished else _held_back(pending, stops)
-                    ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep:]
-                else:
-                    ready, pending = pending, ""
                 if ready:
                     yield ready
-                if finished:
+                if stop.stopped or finished:
                     return
         finally:
             if not finished:

@@ -55,6 +55,35 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return longest
 
 
+class StopStrings:
+    """Cuts a streamed answer at the first of ``stops``; text that may be the start of a
+    stop string is held back until the next piece shows whether it is one.
+
+    ``feed(text)`` returns the text that can be yielded now; ``stopped`` turns True once
+    a stop string was found (the stop string and anything after it are dropped).
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str, final: bool = False) -> str:
+        """Add ``text``; return what is safe to yield. ``final`` releases any held-back text."""
+        self.pending += text
+        if not self.stops:
+            ready, self.pending = self.pending, ""
+            return ready
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            ready, self.pending = self.pending[:cut], ""
+            return ready
+        keep = 0 if final else _held_back(self.pending, self.stops)
+        ready, self.pending = self.pending[: len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return ready
+
+
 class HFChatModel(ChatModel):
     """A transformers ``AutoModelForCausalLM`` + tokenizer as a chat model.
 
@@ -228,8 +257,7 @@ class HFChatModel(ChatModel):
         except BaseException:
             self._lock.release()
             raise
-        stops = params.stop
-        pending = ""  # text received but not yet yielded (it may begin a stop string)
+        stop = StopStrings(params.stop)
         try:
             while True:
                 try:
@@ -240,23 +268,16 @@ class HFChatModel(ChatModel):
                     raise GenerationError(
                         f"{self.name!r} produced no text within {self.stream_timeout} s"
                     ) from exc
-                pending += piece
-                if stops:
-                    cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
-                    if cut >= 0:
-                        if pending[:cut]:
-                            yield pending[:cut]
-                        return
-                    keep = _held_back(pending, stops)
-                    ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
-                else:
-                    ready, pending = pending, ""
+                ready = stop.feed(piece)
                 if ready:
                     yield ready
+                if stop.stopped:
+                    return
             if errors:
                 raise GenerationError(f"generation with {self.name!r} failed: {errors[0]!r}") from errors[0]
-            if pending:
-                yield pending
+            rest = stop.feed("", final=True)
+            if rest:
+                yield rest
         finally:
             stop_event.set()
             thread.join(self.stream_timeout)
