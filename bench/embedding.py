@@ -3,9 +3,10 @@
 The texts are real chunks (the knowledge base's splitter, 500/50 characters) of the
 DeepSpeed docs and the 117-page PDF in ``../shared/corpus``; the model is the bundled
 all-MiniLM-L6-v2 (the only one available offline). Each variant embeds the same texts
-``--repeats`` times after a warm-up, the variants taking turns; the median gives chunks/s. Quality: the cosine of
-each variant's vector with the torch fp32 vector of the same chunk (mean and min), and
-how often the nearest chunk to each of ``--queries`` corpus sentences is the same.
+``--repeats`` times after a warm-up, the variants taking turns; the median gives
+chunks/s. Quality: the cosine of each variant's vector with the torch fp32 vector of
+the same chunk (mean and min), and how often the nearest chunk to each of ``--queries``
+corpus sentences is the same.
 
 Variants:
 
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-sizes", default="16,32,64,128", help="torch batch sizes, comma-separated")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of the other variants")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="embedding device (cpu, cuda); the onnxruntime and int8 "
+                   "variants run on cpu only")
     p.add_argument("--smoke", action="store_true", help="16 chunks (4-page PDF + Markdown), one run, batch size 8, no torch int8")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     texts = corpus_chunks(args.corpus, args.chunks + args.queries,
                           "pdflatex-4-pages.pdf" if args.smoke else "GeoTopo-komprimiert.pdf")
     texts, queries = texts[:args.chunks], [t[:120] for t in texts[args.chunks:]]
-    embedder = load_embedder("bundled", device="cpu")
+    embedder = load_embedder("bundled", device=args.device)
     st_model = embedder.model
     variants: list[tuple[str, int, Callable[[list[str]], np.ndarray]]] = []
     failed: list[dict[str, Any]] = []
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     def st_onnx(t: list[str]) -> np.ndarray:
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(str(bundled_model_path()), device="cpu", backend="onnx")
+        model = SentenceTransformer(str(bundled_model_path()), device=args.device, backend="onnx")
         return model.encode(t, batch_size=args.batch_size, normalize_embeddings=True)
     add("sentence-transformers onnx", args.batch_size, st_onnx)
     if failed and failed[-1]["variant"] == "sentence-transformers onnx":
@@ -172,19 +175,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            import onnxruntime  # noqa: F401
             from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            fp32 = onnx_export(st_model, Path(tmp))
-            add("onnxruntime fp32", args.batch_size, ort_embedder(st_model, fp32, args.batch_size))
-            int8 = Path(tmp) / "model-int8.onnx"
-            # per-channel: per-tensor int8 weights cost MiniLM ~0.09 of cosine similarity here
-            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
-            add("onnxruntime int8", args.batch_size, ort_embedder(st_model, int8, args.batch_size))
         except ImportError as exc:
             failed.append({"variant": "onnxruntime", "error": f"{exc}; pip install 'chatllm-webui[bench]'"})
+        else:
+            if args.device == "cpu":  # the exported model runs on onnxruntime's CPU provider
+                fp32 = onnx_export(st_model, Path(tmp))
+                add("onnxruntime fp32", args.batch_size, ort_embedder(st_model, fp32, args.batch_size))
+                int8 = Path(tmp) / "model-int8.onnx"
+                # per-channel: per-tensor int8 weights cost MiniLM ~0.09 of cosine similarity here
+                quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+                add("onnxruntime int8", args.batch_size, ort_embedder(st_model, int8, args.batch_size))
 
-        if not args.smoke:  # torch.ao.quantization is deprecated (moving to torchao): measured, not smoke-tested
+        # torch.ao.quantization is deprecated (moving to torchao): measured on CPU, not smoke-tested
+        if not args.smoke and args.device == "cpu":
             quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(st_model), {torch.nn.Linear},
                                                                dtype=torch.qint8)
             add("torch int8 (dynamic)", args.batch_size,
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
             versions[name] = None
     result = {
         "benchmark": "embedding", "machine": machine(), "versions": versions,
-        "model": embedder.name, "device": "cpu", "torch_threads": torch.get_num_threads(),
+        "model": embedder.name, "device": args.device, "torch_threads": torch.get_num_threads(),
         "chunks": len(texts), "mean_chunk_chars": sum(map(len, texts)) / len(texts), "repeats": args.repeats,
         "command": "python bench/embedding.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "published": {"onnx_vs_torch": 1.4, "onnx_int8_vs_torch": 3.0},

@@ -17,8 +17,8 @@ hours, so chunk vectors are synthesised; every query is embedded for real):
 
 Two levels are measured at each size (default 1k, 10k, 100k chunks):
 
-* **FAISS**: flat (exact), HNSW (M=32, several efSearch) and IVF-flat (nlist = 4 sqrt(N),
-  several nprobe) over the same vectors: build seconds, per-query latency p50/p95 of
+* **FAISS**: flat (exact), HNSW (M=32, several efSearch) and IVF-flat (nlist =
+  ``rag.store.ivf_lists(N)`` = 4 sqrt(N), several nprobe) over the same vectors: build seconds, per-query latency p50/p95 of
   embedding + search and of the search alone (one query at a time, as a server does), and
   recall@10 against flat;
 * **knowledge base**: the same chunks ingested through ``KnowledgeBase.add_files`` (with an
@@ -163,8 +163,10 @@ def faiss_variants(vectors: np.ndarray, hnsw_ef: Sequence[int], ivf_nprobe: Sequ
     build = time.perf_counter() - start
     for ef in hnsw_ef:
         out.append((f"hnsw efSearch={ef}", hnsw, ("efSearch", ef), build))
-    nlist = max(1, int(4 * np.sqrt(n)))
-    if n >= 39 * nlist:  # FAISS wants >= 39 training points per list
+    from rag.store import ivf_lists
+
+    nlist = ivf_lists(n)  # the knowledge base's rule: 4 sqrt(n), at most n / 39
+    if nlist >= 64:  # fewer lists: not worth an approximate index
         start = time.perf_counter()
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.train(vectors)
@@ -228,11 +230,7 @@ def measure_kb(texts: list[str], embedder, queries: list[str], workdir: Path, wa
     bad = [r.reason for r in reports if r.status != "added"]
     if bad:
         raise RuntimeError(f"ingestion failed: {bad}")
-    row: dict[str, Any] = {"chunks": len(kb), "ingest_s": ingest,
-                           "index": type(getattr(kb, "_index")).__name__}
-    describe = getattr(kb, "index_description", None)
-    if describe is not None:
-        row["index"] = describe() if callable(describe) else describe
+    row: dict[str, Any] = {"chunks": len(kb), "ingest_s": ingest, "index": kb.index_description}
     for mode in ("dense", "hybrid"):
         for q in queries[:warmup]:
             kb.search(q, top_k=3, mode=mode)
@@ -254,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--queries", type=int, default=200, help="timed queries per measurement")
     p.add_argument("--k", type=int, default=10, help="neighbours for recall@k")
     p.add_argument("--hnsw-ef", default="16,64,128", help="HNSW efSearch values")
-    p.add_argument("--ivf-nprobe", default="8,32", help="IVF nprobe values")
+    p.add_argument("--ivf-nprobe", default="8,16,32", help="IVF nprobe values")
     p.add_argument("--no-kb", action="store_true", help="FAISS level only (skip the knowledge-base level)")
     p.add_argument("--faiss-threads", type=int, default=None,
                    help="OpenMP threads of FAISS (default: its own, one per core); 1 shows what one-query "

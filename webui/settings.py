@@ -71,6 +71,7 @@ class Settings:
     knowledge_dir: Path = field(default_factory=lambda: DEFAULT_KNOWLEDGE_DIR)
     knowledge_base: str = "default"
     embedding_model: str | None = None
+    embedding_backend: str = "torch"
     chunk_size: int = 500
     chunk_overlap: int = 50
     retrieval_top_k: int = 3
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "embedding-model", default=None, metavar="NAME",
           help=f"sentence-transformers model, hub id or folder (default: {DEFAULT_EMBEDDING_MODEL}; when the "
           "default cannot be loaded offline, the bundled all-MiniLM-L6-v2 is used); 'bundled' picks that one")
+    _flag(g, "embedding-backend", default=d.embedding_backend, choices=["torch", "onnx"],
+          help="sentence-transformers backend of the embedding model: torch, or onnx (ONNX Runtime; needs "
+          "optimum-onnx, which does not support transformers 5 yet)")
     _flag(g, "chunk-size", type=int, default=d.chunk_size, help="chunk size in characters")
     _flag(g, "chunk-overlap", type=int, default=d.chunk_overlap, help="chunk overlap in characters")
     _flag(g, "retrieval-top-k", type=int, default=d.retrieval_top_k, help="chunks retrieved per question")

@@ -70,7 +70,8 @@ def load_service(settings):
     from webui.services import ChatService
 
     model = load_model(settings)
-    embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None)
+    embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None,
+                             backend=settings.embedding_backend)
     fallback = embedder.name == BUNDLED_EMBEDDING_MODEL and settings.embedding_model is None
     registry = KnowledgeBaseRegistry(settings.knowledge_dir, embedder, chunk_size=settings.chunk_size,
                                      chunk_overlap=settings.chunk_overlap)
