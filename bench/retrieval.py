@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="OpenMP threads of FAISS (default: its own, one per core); 1 shows what one-query "
                         "searches cost without OpenMP's thread hand-off on a busy machine")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where queries are embedded (cpu, cuda)")
     p.add_argument("--smoke", action="store_true", help="pool from two small files, sizes 100,500, 5 queries")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.faiss_threads:
         faiss.omp_set_num_threads(args.faiss_threads)
 
-    real = load_embedder("bundled", device="cpu")
+    real = load_embedder("bundled", device=args.device)
     chunks = corpus_chunks(args.corpus, args.smoke)
     pool = pool_vectors(real, chunks)
     sentences = sentences_of(chunks)
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{n} chunks done", file=sys.stderr, flush=True)
     result = {
         "benchmark": "retrieval", "machine": machine(), "faiss": faiss.__version__, "model": real.name,
-        "faiss_threads": faiss.omp_get_max_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(), "device": args.device,
         "command": "python bench/retrieval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "method": (f"pool of {len(pool)} real MiniLM vectors of corpus chunks; chunk texts = random corpus "
                    f"sentences joined to 260-480 chars; chunk vector = normalise(pool[a] + 0.5 pool[b] + "

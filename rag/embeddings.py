@@ -145,7 +145,7 @@ def default_batch_size(device: str) -> int:
     return BATCH_SIZE_BY_DEVICE.get(device.split(":", 1)[0], 32)
 
 
-def _check_backend(backend: str) -> None:
+def check_backend(backend: str) -> None:
     """Refuse an unknown backend, and "onnx" where sentence-transformers cannot load it,
     before any model is loaded (so the error names the real cause, not a model).
 
@@ -227,7 +227,7 @@ def load_embedder(model_name: str | None = None, device: str | None = None,
         ValueError: an unknown ``backend``.
     """
     device = device or default_device()
-    _check_backend(backend)
+    check_backend(backend)
     if model_name in (BUNDLED_ALIAS, BUNDLED_EMBEDDING_MODEL):
         return _load_bundled(device, backend)
     explicit = model_name is not None

@@ -2,6 +2,8 @@
 switched off here, before anything imports transformers or huggingface_hub."""
 from __future__ import annotations
 
+import time
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -34,9 +36,11 @@ class FakeChatModel(ChatModel):
 
     name = "fake"
 
-    def __init__(self, reply: str = "This is a scripted answer.", fail_after: int | None = None):
+    def __init__(self, reply: str = "This is a scripted answer.", fail_after: int | None = None,
+                 delay: float = 0.0):
         self.reply = reply
         self.fail_after = fail_after
+        self.delay = delay  # seconds before each word after the first (a paced model)
         self.calls: list[tuple[list[Message], GenerationParams]] = []
 
     def stream(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
@@ -44,6 +48,8 @@ class FakeChatModel(ChatModel):
         for i, word in enumerate(self.reply.split(" ")):
             if self.fail_after is not None and i >= self.fail_after:
                 raise RuntimeError("scripted failure")
+            if i and self.delay:
+                time.sleep(self.delay)
             yield word if i == 0 else " " + word
 
 

@@ -3,7 +3,6 @@ protocol details, OpenAI shapes, knowledge endpoints, tokens, modes, export."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -67,13 +66,18 @@ def test_plain_text_body_is_the_prompt(client):
 
 
 def test_stream_is_nul_delimited_json_deltas(client):
+    # a paced model (20 ms a word): each word leaves as its own reply, as it is generated
+    client.app.state.service.model = FakeChatModel(REPLY, delay=0.02)
     with client.stream("POST", "/", json={"prompt": "q", "use_stream_chat": True}) as r:
         raw = b"".join(r.iter_bytes())
     parts = [json.loads(p) for p in raw.split(b"\0") if p]
-    assert len(parts) == len(REPLY.split(" "))
+    assert len(parts) > 1
     assert "".join(p["response"] for p in parts) == REPLY
+    so_far = ""
+    for part in parts:
+        so_far += part["response"]
+        assert part["history"] == [["q", so_far]]
     assert parts[-1]["history"] == [["q", REPLY]]
-    assert parts[1]["history"] == [["q", parts[0]["response"] + parts[1]["response"]]]
 
 
 def test_stream_failure_is_reported_in_band(client):
@@ -123,6 +127,7 @@ def test_langchain_mode_unknown_knowledge_base_is_404(client):
 # ----------------------------------------------------------------- PAI-EAS over WebSocket
 
 def test_websocket_conversation_keeps_history_and_ends_with_eos(client):
+    client.app.state.service.model = FakeChatModel(REPLY, delay=0.02)  # paced: streamed replies are several
     with client.websocket_connect("/") as ws:
         ws.send_text(json.dumps({"prompt": "first"}))
         first = json.loads(ws.receive_text())

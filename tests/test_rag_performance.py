@@ -130,7 +130,7 @@ def test_knowledge_base_embeds_in_the_embedders_batches(tmp_path):
 
 def test_onnx_backend_that_cannot_load_is_a_clear_error():
     try:
-        emb._check_backend("onnx")
+        emb.check_backend("onnx")
     except emb.EmbeddingLoadError as exc:
         message = str(exc)
     else:
@@ -138,6 +138,25 @@ def test_onnx_backend_that_cannot_load_is_a_clear_error():
     assert "optimum" in message and "--embedding-backend torch" in message
     with pytest.raises(emb.EmbeddingLoadError, match="optimum"):
         emb.load_embedder("bundled", device="cpu", backend="onnx")
+
+
+def test_server_refuses_an_unusable_onnx_backend_before_loading_the_chat_model(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    try:
+        emb.check_backend("onnx")
+    except emb.EmbeddingLoadError:
+        pass
+    else:
+        pytest.skip("optimum-onnx works with this transformers: the onnx backend is usable here")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "run.py", "--embedding-backend", "onnx", "--model-path",
+                           str(tmp_path / "no-such-model"), "--knowledge-dir", str(tmp_path / "kb")],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "--embedding-backend torch" in proc.stderr and "no-such-model" not in proc.stderr
 
 
 def test_unknown_backend_is_refused():

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from webui.settings import Settings, build_parser, parse_settings
+from webui.settings import Settings, parse_settings
 
 
 def test_defaults_bind_localhost_port_8000():

@@ -3,22 +3,22 @@ the admission gate for generation requests, and streaming a blocking iterator
 without holding the event loop."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from contextlib import aclosing
+from collections import deque
+from contextlib import aclosing, contextmanager
 from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
 import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from .protocol import ErrorBody, ErrorResponse
-from .services import ChatService
+from .services import ChatService, PromptTooLongError
 from .settings import Settings
 
 T = TypeVar("T")
-_DONE = object()
 log = logging.getLogger(__name__)
 
 #: Seconds a client refused by a full queue is told to wait (``Retry-After``).
@@ -57,6 +57,30 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
     """``{"error": {"message", "type", "param", "code"}}`` with ``status``."""
     body = ErrorResponse(error=ErrorBody(message=message, type=type, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status)
+
+
+def generation_failed(exc: BaseException) -> ApiError:
+    """The 500 ``server_error`` for a model that failed (logged here with its traceback)."""
+    log.error("generation failed", exc_info=exc)
+    return ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error")
+
+
+@contextmanager
+def generation_errors(param: str) -> Iterator[None]:
+    """Turn what starting a generation raises into API errors: ``ApiError`` as it is,
+    ``PromptTooLongError`` 400 ``context_length_exceeded``, other ``ValueError`` 400, both
+    naming ``param`` (the request field holding the prompt); anything else 500
+    (:func:`generation_failed`)."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except PromptTooLongError as exc:
+        raise ApiError(400, str(exc), param=param, code="context_length_exceeded") from None
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param=param) from None
+    except Exception as exc:  # noqa: BLE001 - the model failed before its first token
+        raise generation_failed(exc) from None
 
 
 def get_service(request: Request) -> ChatService:
@@ -138,23 +162,92 @@ def close_iterator(it: Any) -> None:
         close()
 
 
-async def iterate_in_thread(items: Iterator[T]) -> AsyncIterator[T]:
-    """Iterate a blocking iterator from async code, one ``next`` per worker-thread call.
+async def ready_batches(items: Iterator[T], min_interval: float = 0.0) -> AsyncIterator[list[T]]:
+    """Iterate a blocking iterator from async code, yielding everything it produced since
+    the previous yield as one list (never empty).
 
-    When the consumer stops early (the client went away and the response task
-    is cancelled), the iterator is closed, which stops the model's generation;
-    the close is shielded from that cancellation, so it always runs.
+    One pump thread runs ``items`` and hands each item to the event loop; when the
+    consumer is slower than the model (many streams, a busy CPU), the pieces that
+    arrived meanwhile come together, so one network event carries several tokens
+    instead of one event (and one thread hop) per token.
+
+    With ``min_interval`` (seconds) > 0, a batch is taken at most that often (the first
+    at once): the server then does its per-event work (JSON, HTTP) once per interval
+    rather than once per token, which on a busy CPU is time taken from generation.
+
+    When the consumer stops early (the client went away and the response task is
+    cancelled), the pump stops at the next item and closes the iterator in its own
+    thread, which stops the model's generation; that wait is shielded from the
+    cancellation, so it always completes. An exception raised by ``items`` is raised
+    here after the items produced before it.
     """
-    it = iter(items)
+    loop = asyncio.get_running_loop()
+    ready: deque[T] = deque()
+    wake = asyncio.Event()
+    finished = asyncio.Event()
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def deliver(item: T) -> None:  # on the loop
+        ready.append(item)
+        wake.set()
+
+    def end(error: BaseException | None) -> None:  # on the loop
+        if error is not None:
+            failure.append(error)
+        finished.set()
+        wake.set()
+
+    def pump() -> None:  # in the pump thread
+        it = iter(items)
+        error: BaseException | None = None
+        try:
+            for item in it:
+                if stop.is_set():
+                    break
+                loop.call_soon_threadsafe(deliver, item)
+        except RuntimeError as exc:
+            if not loop.is_closed():
+                error = exc
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            error = exc
+        finally:
+            try:
+                close_iterator(it)
+            except Exception:  # noqa: BLE001 - closing must not hide the outcome
+                log.exception("could not close a stream")
+            try:
+                loop.call_soon_threadsafe(end, error)
+            except RuntimeError:  # the event loop is closed (the server stopped): nobody is waiting
+                pass
+
+    threading.Thread(target=pump, name="stream-pump", daemon=True).start()
     try:
         while True:
-            item = await run_in_threadpool(next, it, _DONE)
-            if item is _DONE:
+            await wake.wait()
+            wake.clear()
+            if ready:
+                batch = list(ready)
+                ready.clear()
+                yield batch
+                if min_interval > 0 and not finished.is_set():
+                    await asyncio.sleep(min_interval)
+            if finished.is_set() and not ready:
+                if failure:
+                    raise failure[0]
                 return
-            yield item
     finally:
+        stop.set()
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(close_iterator, it)
+            await finished.wait()
+
+
+async def coalesced_text(pieces: Iterator[str], min_interval: float = 0.0) -> AsyncIterator[str]:
+    """The text pieces of a blocking iterator (a model's stream), those that arrived
+    together joined into one string (see :func:`ready_batches`)."""
+    async with aclosing(ready_batches(pieces, min_interval)) as batches:
+        async for batch in batches:
+            yield "".join(batch)
 
 
 class GatedStreamingResponse(StreamingResponse):
@@ -179,6 +272,12 @@ class GatedStreamingResponse(StreamingResponse):
             self._release()
 
 
+def stream_interval(request: Request | Any) -> float:
+    """Seconds between two streamed events of one answer at least (``--stream-interval-ms``);
+    ``request`` is a ``Request`` or a ``WebSocket``."""
+    return request.app.state.service.settings.stream_interval_ms / 1000
+
+
 async def collect(request: Request, pieces: Iterator[str]) -> str | None:
     """The whole answer for a non-streamed reply, generated in a worker thread.
 
@@ -187,10 +286,10 @@ async def collect(request: Request, pieces: Iterator[str]) -> str | None:
         stopped at once (the iterator is closed) and the round is not exported.
     """
     text = []
-    async with aclosing(iterate_in_thread(pieces)) as stream:
+    async with aclosing(coalesced_text(pieces, stream_interval(request))) as stream:
         async for piece in stream:
             text.append(piece)
             if await request.is_disconnected():
-                log.info("client went away: stopped generating after %d piece(s)", len(text))
+                log.info("client went away: stopped generating after %d character(s)", sum(map(len, text)))
                 return None
     return "".join(text)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Iterator
+from contextlib import aclosing
+from typing import AsyncIterator, Iterator
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
@@ -14,10 +15,11 @@ from starlette.concurrency import run_in_threadpool
 from llm.base import GenerationParams, Message
 
 from .api_common import (CLIENT_GONE, AdmissionGate, ApiError, GatedStreamingResponse, check_max_new_tokens,
-                         close_iterator, collect, get_gate, get_service, iterate_in_thread)
+                         close_iterator, coalesced_text, collect, generation_errors, generation_failed, get_gate,
+                         get_service)
 from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                        ChunkChoice, Delta, ErrorResponse, ModelCard, ModelList, Usage, completion_id)
-from .services import ChatService, PromptTooLongError
+from .services import ChatService
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
@@ -92,27 +94,19 @@ async def chat_completions(req: ChatCompletionRequest, request: Request, service
     params = to_params(service, req)
     release = gate.enter()
     try:
-        try:
+        with generation_errors("messages"):
             pieces = await run_in_threadpool(service.stream_messages, messages, params)
-        except PromptTooLongError as exc:
-            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
-        except ValueError as exc:
-            raise ApiError(400, str(exc), param="messages") from None
-        except Exception as exc:  # noqa: BLE001 - the model failed before its first token
-            log.exception("generation failed")
-            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error") from None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             events = _sse(service, model, messages, params, pieces, include_usage)
-            response = GatedStreamingResponse(iterate_in_thread(events), release, media_type="text/event-stream",
+            response = GatedStreamingResponse(events, release, media_type="text/event-stream",
                                               headers={"Cache-Control": "no-cache"})
             release = None  # the response gives the place back when it ends
             return response
         try:
             answer = await collect(request, pieces)
         except Exception as exc:
-            log.exception("generation failed")
-            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error") from None
+            raise generation_failed(exc) from None
     finally:
         if release is not None:
             release()
@@ -131,34 +125,45 @@ def _export(service: ChatService, messages: list[Message], answer: str) -> None:
     service.record_round("openai", turns[-1]["content"], answer, list(zip(users, answers)), system)
 
 
-def _sse(service: ChatService, model: str, messages: list[Message], params: GenerationParams,
-         pieces: Iterator[str], include_usage: bool) -> Iterator[str]:
+async def _sse(service: ChatService, model: str, messages: list[Message], params: GenerationParams,
+               pieces: Iterator[str], include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events of a streamed completion, OpenAI's chunk sequence: a role
-    chunk, content chunks, a chunk with ``finish_reason``, optionally a usage chunk,
-    then ``[DONE]``. A failure mid-stream sends an ``error`` event before ``[DONE]``."""
+    chunk, content chunks (the text generated since the previous chunk, at most one
+    chunk per ``--stream-interval-ms``; the first at once), a chunk
+    with ``finish_reason``, optionally a usage chunk, then ``[DONE]``. A failure
+    mid-stream sends an ``error`` event before ``[DONE]``."""
     cid, created = completion_id(), int(time.time())
 
     def event(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
         chunk = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, usage=usage)
         return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
-    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
-    answer = ""
     try:
-        for piece in pieces:
-            answer += piece
-            yield event([ChunkChoice(delta=Delta(content=piece))])
-    except Exception as exc:  # noqa: BLE001 - the status is sent already; report in-band
-        log.exception("generation failed")
-        err = {"error": {"message": f"generation failed: {type(exc).__name__}: {exc}", "type": "server_error",
-                         "param": None, "code": None}}
-        yield f"data: {json.dumps(err)}\n\n"
-        yield "data: [DONE]\n\n"
-        return
+        yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
+        answer = ""
+        interval = service.settings.stream_interval_ms / 1000
+        try:
+            async with aclosing(coalesced_text(pieces, interval)) as texts:  # closing it stops the model
+                async for text in texts:
+                    answer += text
+                    yield event([ChunkChoice(delta=Delta(content=text))])
+        except Exception as exc:  # noqa: BLE001 - the status is sent already; report in-band
+            log.exception("generation failed")
+            err = {"error": {"message": f"generation failed: {type(exc).__name__}: {exc}", "type": "server_error",
+                             "param": None, "code": None}}
+            yield f"data: {json.dumps(err)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
     finally:
-        close_iterator(pieces)  # stops the model when the client went away
-    _export(service, messages, answer)
-    yield event([ChunkChoice(delta=Delta(), finish_reason=_finish_reason(service, answer, params))])
-    if include_usage:
-        yield event([], usage=_usage(service, messages, answer))
+        close_iterator(pieces)  # a client gone before the first token: stop the model (else a no-op)
+
+    def finish() -> tuple[str, Usage | None]:  # tokenizer work and the export's fsync: off the event loop
+        _export(service, messages, answer)
+        return (_finish_reason(service, answer, params),
+                _usage(service, messages, answer) if include_usage else None)
+
+    finish_reason, usage = await run_in_threadpool(finish)
+    yield event([ChunkChoice(delta=Delta(), finish_reason=finish_reason)])
+    if usage is not None:
+        yield event([], usage=usage)
     yield "data: [DONE]\n\n"

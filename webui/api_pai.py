@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import aclosing
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
@@ -23,9 +23,10 @@ from llm.history import trim_history
 from rag.registry import InvalidKnowledgeBaseName
 
 from .api_common import (CLIENT_GONE, AdmissionGate, ApiError, GatedStreamingResponse, check_max_new_tokens,
-                         close_iterator, collect, get_gate, get_service, iterate_in_thread)
+                         close_iterator, coalesced_text, collect, generation_errors, generation_failed, get_gate,
+                         get_service, stream_interval)
 from .protocol import ErrorResponse, PaiChatRequest, PaiChatResponse, Source
-from .services import ChatService, PromptTooLongError
+from .services import ChatService
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["PAI-EAS ChatLLM"])
@@ -92,26 +93,20 @@ def answer_chunks(service: ChatService, req: PaiChatRequest, channel: str) -> tu
     """
     params = _params(service, req)
     history = [tuple(h) for h in req.history]
-    try:
-        if req.langchain:
-            answer = service.answer_from_knowledge(
-                req.prompt, history, top_k=req.retrieval_top_k, score_threshold=req.score_threshold,
-                system_prompt=req.system_prompt, params=params, kb=req.knowledge_base)
-            sources, pieces = [Source(**r.to_dict()) for r in answer.sources], answer.pieces
-        else:
-            sources, pieces = None, service.stream_chat(req.prompt, history, system_prompt=req.system_prompt,
-                                                        params=params)
-    except KeyError as exc:  # unknown knowledge base
-        raise ApiError(404, str(exc), type="not_found_error", param="knowledge_base") from None
-    except InvalidKnowledgeBaseName as exc:
-        raise ApiError(400, str(exc), param="knowledge_base") from None
-    except PromptTooLongError as exc:
-        raise ApiError(400, str(exc), param="prompt", code="context_length_exceeded") from None
-    except ValueError as exc:
-        raise ApiError(400, str(exc), param="prompt") from None
-    except Exception as exc:  # noqa: BLE001 - the model failed before its first token
-        log.exception("generation failed")
-        raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error") from None
+    with generation_errors("prompt"):
+        try:
+            if req.langchain:
+                answer = service.answer_from_knowledge(
+                    req.prompt, history, top_k=req.retrieval_top_k, score_threshold=req.score_threshold,
+                    system_prompt=req.system_prompt, params=params, kb=req.knowledge_base)
+                sources, pieces = [Source(**r.to_dict()) for r in answer.sources], answer.pieces
+            else:
+                sources, pieces = None, service.stream_chat(req.prompt, history, system_prompt=req.system_prompt,
+                                                            params=params)
+        except KeyError as exc:  # unknown knowledge base
+            raise ApiError(404, str(exc), type="not_found_error", param="knowledge_base") from None
+        except InvalidKnowledgeBaseName as exc:
+            raise ApiError(400, str(exc), param="knowledge_base") from None
 
     def recorded() -> Iterator[str]:
         text = []
@@ -134,16 +129,20 @@ def _reply(req: PaiChatRequest, answer: str, sources: list[Source] | None, delta
     return out.model_dump(exclude_none=True)
 
 
-def stream_replies(req: PaiChatRequest, sources: list[Source] | None, pieces: Iterator[str]) -> Iterator[dict]:
-    """One reply dict per piece (``response`` = the new text, ``history`` with the round so far).
-    A failure mid-stream ends it with a reply carrying ``error``."""
+async def stream_replies(req: PaiChatRequest, sources: list[Source] | None, pieces: Iterator[str],
+                         interval: float = 0.0) -> AsyncIterator[dict]:
+    """Reply dicts as the answer grows: ``response`` = the text generated since the previous
+    reply (at most one reply per ``interval`` seconds, the first at once), ``history`` with
+    the round so far. A failure mid-stream ends it with a reply carrying ``error``.
+    Closing it stops the model."""
     answer = ""
     first = True
     try:
-        for piece in pieces:
-            answer += piece
-            yield _reply(req, answer, sources if first else None, delta=piece)
-            first = False
+        async with aclosing(coalesced_text(pieces, interval)) as texts:
+            async for text in texts:
+                answer += text
+                yield _reply(req, answer, sources if first else None, delta=text)
+                first = False
         if first:  # nothing generated: still one reply, so the client sees the round
             yield _reply(req, answer, sources, delta="")
     except Exception as exc:  # noqa: BLE001 - the status is sent already; report in-band
@@ -151,7 +150,7 @@ def stream_replies(req: PaiChatRequest, sources: list[Source] | None, pieces: It
         yield {**_reply(req, answer, None, delta="", history=list(req.history)),
                "error": f"generation failed: {type(exc).__name__}: {exc}"}
     finally:
-        close_iterator(pieces)
+        close_iterator(pieces)  # a client gone before the first token: stop the model (else a no-op)
 
 
 @router.post("/", summary="Chat (PAI-EAS ChatLLM protocol)", openapi_extra={"requestBody": _REQUEST_SCHEMA},
@@ -178,7 +177,7 @@ async def pai_chat(request: Request, service: ChatService = Depends(get_service)
         sources, pieces = await run_in_threadpool(answer_chunks, service, req, "pai")
         if req.use_stream_chat:
             async def body():
-                async with aclosing(iterate_in_thread(stream_replies(req, sources, pieces))) as replies:
+                async with aclosing(stream_replies(req, sources, pieces, stream_interval(request))) as replies:
                     async for reply in replies:
                         yield json.dumps(reply, ensure_ascii=False).encode("utf-8") + b"\0"
             response = GatedStreamingResponse(body(), release, media_type="text/plain; charset=utf-8")
@@ -187,8 +186,7 @@ async def pai_chat(request: Request, service: ChatService = Depends(get_service)
         try:
             answer = await collect(request, pieces)
         except Exception as exc:
-            log.exception("generation failed")
-            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error") from None
+            raise generation_failed(exc) from None
         if answer is None:
             return CLIENT_GONE
         return JSONResponse(_reply(req, answer, sources))
@@ -232,7 +230,7 @@ async def pai_websocket(ws: WebSocket):
                 await ws.send_text(EOS)
                 continue
             try:
-                async with aclosing(iterate_in_thread(stream_replies(req, sources, pieces))) as replies:
+                async with aclosing(stream_replies(req, sources, pieces, stream_interval(ws))) as replies:
                     if req.use_stream_chat:
                         last = {}
                         async for last in replies:

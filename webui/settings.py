@@ -56,6 +56,7 @@ class Settings:
     api_token: str | None = None
     max_upload_mb: int = 100
     max_queue: int = 64
+    stream_interval_ms: int = 10
     max_new_tokens: int = 1024
     max_new_tokens_limit: int = 4096
     temperature: float = 0.7
@@ -179,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
           help="most generation requests the API admits at once (running or waiting); more are answered 503 "
           "with Retry-After. The page's queue likewise holds at most this many waiting events (beyond the 4 "
           "it runs) and answers 'queue is full' to more")
+    _flag(g, "stream-interval-ms", type=int, default=d.stream_interval_ms, metavar="MS",
+          help="API streams send the text generated since the last event at most every MS milliseconds "
+          "(the first token at once); 0 sends every token as its own event. Fewer, larger events leave "
+          "more CPU to generation (docs/benchmarks.md, 'Serving')")
     _flag(g, "log-level", default=d.log_level, type=str.upper,
           choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     _flag(g, "export-history-path", default=None, metavar="DIR",
@@ -213,6 +218,8 @@ def _check(parser: argparse.ArgumentParser, s: Settings) -> None:
                         f"({s.max_new_tokens})")
     if s.max_queue < 1:
         problems.append(f"--max-queue must be >= 1, got {s.max_queue}")
+    if not 0 <= s.stream_interval_ms <= 1000:
+        problems.append(f"--stream-interval-ms must be in 0..1000, got {s.stream_interval_ms}")
     if s.temperature < 0:
         problems.append(f"--temperature must be >= 0, got {s.temperature}")
     if not 0 < s.top_p <= 1:

@@ -62,13 +62,15 @@ def load_service(settings):
 
     Raises:
         llm.base.ModelLoadError: ``--model-path`` was given and cannot be loaded.
-        rag.embeddings.EmbeddingLoadError: ``--embedding-model`` was named and cannot be loaded.
+        rag.embeddings.EmbeddingLoadError: ``--embedding-model`` was named and cannot be loaded,
+            or ``--embedding-backend onnx`` cannot work here.
         rag.store.EmbeddingMismatchError: the knowledge base was built with another embedding model.
     """
-    from rag.embeddings import BUNDLED_EMBEDDING_MODEL, load_embedder
+    from rag.embeddings import BUNDLED_EMBEDDING_MODEL, check_backend, load_embedder
     from rag.registry import KnowledgeBaseRegistry
     from webui.services import ChatService
 
+    check_backend(settings.embedding_backend)  # before minutes of loading the chat model
     model = load_model(settings)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None,
                              backend=settings.embedding_backend)
