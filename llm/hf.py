@@ -232,6 +232,9 @@ class HFChatModel(ChatModel):
                 self.model.generate(**kwargs, streamer=streamer)
         except BaseException as exc:  # noqa: BLE001 -- handed to the consumer, re-raised there
             errors.append(exc)
+            if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+                # what the failed request had allocated goes back to the device for the next one
+                torch.cuda.empty_cache()
             try:
                 streamer.end()
             except Exception:  # the failure may come from the streamer's own decoding

@@ -100,7 +100,7 @@ def _attempts(path: str) -> list[bool]:
     return [True] if _looks_local(path) or _offline() else [True, False]
 
 
-def _load_config(path: str, trust_remote_code: bool) -> tuple[Any, bool]:
+def load_config(path: str, trust_remote_code: bool) -> tuple[Any, bool]:
     """Load the model config, from the local cache first; return ``(config, local_files_only)``.
 
     Raises:
@@ -122,8 +122,15 @@ def _load_config(path: str, trust_remote_code: bool) -> tuple[Any, bool]:
     raise ModelLoadError(f"cannot load the model config from {path!r} ({error}): {_fix_hint(path)}") from error
 
 
-def _pick_template(tokenizer: Any, config: Any, model_type: str | None) -> str | None:
-    """The chat template to pass to :class:`HFChatModel`: ``None`` keeps the tokenizer's own."""
+def pick_template(tokenizer: Any, config: Any, model_type: str | None) -> str | None:
+    """The chat template to pass to :class:`HFChatModel`: ``None`` keeps the tokenizer's own;
+    else the one named by ``model_type`` (``--model-type``), else a guess from the config's
+    model family (Qwen: ChatML; Llama: Llama 2 or 3 by its vocabulary), else the plain
+    "User: ... Assistant: ..." format with a warning.
+
+    Raises:
+        ValueError: ``model_type`` is not a known template family (``llm.templates``).
+    """
     if getattr(tokenizer, "chat_template", None):
         if model_type:
             logger.info("the tokenizer has a chat template: --model-type %s is ignored", model_type)
@@ -212,14 +219,14 @@ def _load(path: str, found: tuple[Any, bool] | None = None, *, name: str, cpu: b
           lora_path: str | Path | None = None):
     """Load tokenizer + model from ``path`` into an :class:`HFChatModel`; errors as :class:`ModelLoadError`.
 
-    ``found`` is ``_load_config(path, ...)``'s result when the caller already has it;
+    ``found`` is ``load_config(path, ...)``'s result when the caller already has it;
     ``lora_path`` an adapter to apply with :func:`apply_lora`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm.hf import HFChatModel
 
-    config, local_only = found or _load_config(path, trust_remote_code)
+    config, local_only = found or load_config(path, trust_remote_code)
     device = resolve_device(cpu)
     dtype = resolve_dtype(precision, device)
     # A cached config does not mean cached weights (an interrupted download): then try the hub.
@@ -238,7 +245,7 @@ def _load(path: str, found: tuple[Any, bool] | None = None, *, name: str, cpu: b
     if lora_path is not None:
         model = apply_lora(model, lora_path, base=path)
     model.eval()
-    template = _pick_template(tokenizer, config, model_type) if use_template else None
+    template = pick_template(tokenizer, config, model_type) if use_template else None
     logger.info("loaded %s (%s) on %s as %s", path, type(model).__name__, device, dtype)
     return HFChatModel(model, tokenizer, name=name, use_template=use_template, chat_template=template, is_demo=is_demo)
 
@@ -304,7 +311,7 @@ def load_chat_model(
     if model_path is not None:
         return _load(model_path, name=model_path, **options)
     try:
-        found = _load_config(DEFAULT_MODEL_PATH, trust_remote_code)
+        found = load_config(DEFAULT_MODEL_PATH, trust_remote_code)
     except ModelLoadError as exc:
         from llm.demo import DEMO_MODEL_NAME, build_demo_model
 

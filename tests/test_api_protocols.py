@@ -290,12 +290,30 @@ def test_upload_over_the_size_limit_is_refused_and_the_rest_added(make_client, c
     assert report[1]["status"] == "added"
 
 
+def test_uploads_wait_in_the_knowledge_folder_and_a_killed_runs_leftovers_go_at_start(make_client, tmp_path, corpus):
+    leftover = tmp_path / "knowledge" / ".uploads" / "upload-killed" / "0"
+    leftover.mkdir(parents=True)
+    (leftover / "half.pdf").write_bytes(b"%PDF-1.7 half written")
+    client = make_client()
+    assert not (tmp_path / "knowledge" / ".uploads" / "upload-killed").exists()
+    r = client.post("/v1/knowledge/docs/files",
+                    files=[("files", ("zero.md", (corpus / "deepspeed" / "zero.md").read_bytes()))])
+    assert r.json()["files"][0]["status"] == "added"
+    assert list((tmp_path / "knowledge" / ".uploads").iterdir()) == [], "nothing left after an upload"
+    assert ".uploads" not in [kb["name"] for kb in client.get("/v1/knowledge").json()["knowledge_bases"]]
+
+
 def test_openapi_documents_every_route(client):
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/", "/v1/models", "/v1/chat/completions", "/v1/knowledge", "/v1/knowledge/{kb}/files",
               "/v1/knowledge/{kb}/files/{name}", "/v1/knowledge/{kb}/search"):
         assert p in paths, p
     assert "text/plain" in paths["/"]["post"]["requestBody"]["content"]
+    # an invalid chat completion is answered 400, as OpenAI does, and documented so
+    completions = paths["/v1/chat/completions"]["post"]["responses"]
+    assert "400" in completions and "422" not in completions
+    assert client.post("/v1/chat/completions", json={"messages": "not a list"}).status_code == 400
+    assert "422" in paths["/v1/knowledge/{kb}/search"]["post"]["responses"]  # elsewhere FastAPI's 422 stays
 
 
 # ----------------------------------------------------------------- tokens and modes

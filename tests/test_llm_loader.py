@@ -100,10 +100,10 @@ def test_unknown_family_falls_back_to_plain(untemplated_path: Path, caplog: pyte
     tokenizer = AutoTokenizer.from_pretrained(untemplated_path)
     assert not tokenizer.chat_template
     caplog.set_level(logging.WARNING, logger="llm.loader")
-    assert loader._pick_template(tokenizer, SimpleNamespace(model_type="gpt2"), None) == PLAIN_TEMPLATE
+    assert loader.pick_template(tokenizer, SimpleNamespace(model_type="gpt2"), None) == PLAIN_TEMPLATE
     assert any("plain" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     llama = SimpleNamespace(model_type="llama")
-    assert loader._pick_template(tokenizer, llama, None) == template_for("llama2")  # no <|start_header_id|>
+    assert loader.pick_template(tokenizer, llama, None) == template_for("llama2")  # no <|start_header_id|>
 
 
 def test_own_template_wins_over_model_type(demo_path: Path):

@@ -94,6 +94,29 @@ def test_failure_in_generate_raises_promptly(model: HFChatModel, monkeypatch: py
     assert model.chat(MESSAGES, GREEDY)  # the lock was released
 
 
+def test_out_of_memory_gives_the_cache_back_to_the_device(model: HFChatModel, monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    def oom(**kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+
+    emptied: list[int] = []
+    monkeypatch.setattr(model.model, "generate", oom)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    with pytest.raises(GenerationError, match="out of memory"):
+        list(model.stream(MESSAGES, GREEDY))
+    assert emptied == [1]
+
+    def other(**kwargs):
+        raise RuntimeError("not a memory problem")
+
+    monkeypatch.setattr(model.model, "generate", other)
+    with pytest.raises(GenerationError):
+        list(model.stream(MESSAGES, GREEDY))
+    assert emptied == [1], "only after running out of memory"
+
+
 def test_failure_after_some_tokens_raises_after_the_text(model: HFChatModel, monkeypatch: pytest.MonkeyPatch):
     forward = model.model.forward
     steps: list[int] = []

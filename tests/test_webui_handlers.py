@@ -2,6 +2,8 @@
 per-session isolation, ingestion reports and knowledge-base answers with sources."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from rag.registry import KnowledgeBaseRegistry
@@ -25,10 +27,12 @@ def run_chat(handlers, message, history, max_round=5):
 
 
 def test_chat_streams_token_by_token_and_keeps_history(service):
+    service.settings = replace(service.settings, stream_interval_ms=0)  # an update per token
     h = PageHandlers(service)
+    answers = [chat[-1]["content"] for chat, _, _ in h.chat("hello", [], *GEN, 5)]
+    assert answers[:3] == ["", "Install", "Install it"], "one update a word"
+    assert len(answers) == 2 + len("Install it with pip .".split()), "the empty answer, one update a word, the end"
     steps = run_chat(h, "hello", [])
-    answers = [chat[-1]["content"] for chat, _, _ in steps]
-    assert len(steps) >= 4, "the answer must arrive in several updates"
     assert answers[-1] == "Install it with pip ."
     assert all(len(a) <= len(b) for a, b in zip(answers, answers[1:])), "streamed text only grows"
     chat, history, box = steps[-1]
@@ -44,6 +48,14 @@ def test_chat_streams_token_by_token_and_keeps_history(service):
     assert sent[0]["content"] == "You are terse."
     assert sent[1]["content"] == "hello" and sent[-1]["content"] == "and then?"
     assert params.max_new_tokens == 32
+
+
+def test_page_updates_at_most_once_per_stream_interval(service):
+    service.settings = replace(service.settings, stream_interval_ms=1000)
+    shown = [chat[-1]["content"] for chat, _, _ in PageHandlers(service).chat("hello", [], *GEN, 5)]
+    # the scripted model yields every word at once: the empty answer, the first word at once,
+    # then nothing until the end, which shows the whole answer
+    assert shown == ["", "Install", "Install it with pip ."]
 
 
 def test_max_round_truncates_what_the_model_sees(service):

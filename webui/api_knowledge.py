@@ -1,6 +1,8 @@
 """Knowledge-base endpoints under ``/v1/knowledge``: upload, list, delete files; search; list bases."""
 from __future__ import annotations
 
+import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,6 +23,20 @@ router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
           422: {"model": ErrorResponse, "description": "a field is invalid; the message names it"}}
 _COPY_BLOCK = 1 << 20
+#: Where uploads wait while they are ingested: inside the knowledge folder (not /tmp), so
+#: what a killed server left there is found and removed at the next start
+#: (:func:`clear_stale_uploads`); not a valid knowledge-base name, so never listed as one.
+UPLOADS_DIR = ".uploads"
+log = logging.getLogger(__name__)
+
+
+def clear_stale_uploads(knowledge_dir: Path) -> None:
+    """Remove the upload folders a previous server process left behind (killed mid-upload).
+    Call at start-up: one server owns a knowledge folder at a time."""
+    stale = Path(knowledge_dir) / UPLOADS_DIR
+    if stale.is_dir() and any(stale.iterdir()):
+        log.info("removing uploads left by a previous run in %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _kb(service: ChatService, name: str, create: bool = False) -> KnowledgeBase:
@@ -64,7 +80,9 @@ async def upload_files(kb: str, files: list[UploadFile] = File(..., description=
     base = await run_in_threadpool(_kb, service, kb, True)
     limit_mb = service.settings.max_upload_mb
     reports: list[FileReport | None] = []
-    with tempfile.TemporaryDirectory(prefix="chatllm-upload-") as tmp:
+    staging = Path(service.settings.knowledge_dir) / UPLOADS_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="upload-", dir=staging) as tmp:
         to_add: list[tuple[int, Path, str]] = []
         for i, upload in enumerate(files):
             name = upload.filename or f"file-{i}"

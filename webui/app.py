@@ -64,6 +64,24 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, str(exc.detail), type=kind.get(exc.status_code, "server_error"))
 
 
+def _document_openai_validation_status(app: FastAPI) -> None:
+    """The OpenAI routes answer an invalid body with 400, as OpenAI does (see the
+    validation handler), not FastAPI's 422: drop the 422 FastAPI adds to their OpenAPI
+    operations (their 400 is documented by the route)."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith("/v1/chat/"):
+                    for operation in operations.values():
+                        operation.get("responses", {}).pop("422", None)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(service: ChatService) -> FastAPI:
     """Build the app: the API (unless ``--no-api``), the page (unless ``--api-only``),
     ``GET /health``, and the access-token check when a token is configured.
@@ -106,6 +124,8 @@ def create_app(service: ChatService) -> FastAPI:
         app.include_router(api_openai.router)
         app.include_router(api_knowledge.router)
         app.include_router(api_pai.router)
+        _document_openai_validation_status(app)
+        api_knowledge.clear_stale_uploads(settings.knowledge_dir)
     if settings.api_token:
         app.add_middleware(TokenAuthMiddleware, token=settings.api_token)
     if settings.api_only:

@@ -182,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
           "it runs) and answers 'queue is full' to more")
     _flag(g, "stream-interval-ms", type=int, default=d.stream_interval_ms, metavar="MS",
           help="API streams send the text generated since the last event at most every MS milliseconds "
-          "(the first token at once); 0 sends every token as its own event. Fewer, larger events leave "
-          "more CPU to generation (docs/benchmarks.md, 'Serving')")
+          "(the first token at once), and the page updates an answer at most that often; 0 sends every "
+          "token as its own event. Fewer, larger events leave more CPU to generation (docs/benchmarks.md, "
+          "'Serving')")
     _flag(g, "log-level", default=d.log_level, type=str.upper,
           choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     _flag(g, "export-history-path", default=None, metavar="DIR",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+import time
 from typing import Any, Iterator, Sequence
 
 import gradio as gr
@@ -118,11 +119,17 @@ class PageHandlers:
         display = display + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         answer = ""
         yield display, history, ""
+        # one page update per --stream-interval-ms at most (each costs Gradio a diff of the
+        # whole conversation); text held back is shown with the next update or the last one
+        interval = self.service.settings.stream_interval_ms / 1000
+        shown = float("-inf")
         try:
             for piece in pieces:
                 answer += piece
                 display[-1]["content"] = answer
-                yield display, history, ""
+                if time.monotonic() - shown >= interval:
+                    shown = time.monotonic()
+                    yield display, history, ""
         except Exception as exc:  # noqa: BLE001 - the page must show the failure, not hang
             log.exception("generation failed")
             display[-1]["content"] = answer + f"\n\n⚠️ Generation failed: {exc}"

@@ -293,9 +293,9 @@ def _load_for_training(path: str, config: FinetuneConfig, device: str) -> tuple[
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from llm.loader import _load_config, _pick_template
+    from llm.loader import load_config, pick_template
 
-    hf_config, local_only = _load_config(path, config.trust_remote_code)
+    hf_config, local_only = load_config(path, config.trust_remote_code)
     common = {"local_files_only": local_only, "trust_remote_code": config.trust_remote_code}
     dtype, flags = _train_dtypes(config.method, config.precision, device)
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -313,7 +313,7 @@ def _load_for_training(path: str, config: FinetuneConfig, device: str) -> tuple[
         model = AutoModelForCausalLM.from_pretrained(path, config=hf_config, **kwargs, **common)
     except Exception as exc:  # noqa: BLE001 -- any failure means "not a usable model"
         raise ModelLoadError(f"cannot load the model to fine-tune from {path!r} ({exc!r}): check --model-path") from exc
-    template = _pick_template(tokenizer, hf_config, config.model_type)
+    template = pick_template(tokenizer, hf_config, config.model_type)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
