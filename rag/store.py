@@ -87,6 +87,11 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, approximate: boo
     return index
 
 
+def empty_index(dim: int):
+    """An empty exact index (``IndexIDMap2(IndexFlatIP)``) for ``dim``-dimensional vectors."""
+    return build_index(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), dim, approximate=False)
+
+
 def index_ids(index) -> np.ndarray:
     """The ids stored in an index made by :func:`build_index` (int64, any order)."""
     import faiss
@@ -144,7 +149,7 @@ class KnowledgeBase:
         self._chunk_overlap = chunk_overlap
         self._lock = threading.RLock()
         self._approximate_from = approximate_from
-        self._index = build_index(np.zeros((0, embedder.dim), np.float32), np.zeros(0, np.int64), embedder.dim, False)
+        self._index = empty_index(embedder.dim)
         self._chunks: dict[int, Chunk] = {}
         self._keywords = KeywordIndex()
         self._files: dict[str, dict[str, Any]] = {}
@@ -239,8 +244,7 @@ class KnowledgeBase:
                     "or use another knowledge-base folder (or delete this one) and upload the documents again")
             logger.info("empty knowledge base at %s: switching its embedding model from %s to %s",
                         self._directory, recorded_name, self._embedder.name)
-            index = build_index(np.zeros((0, self._embedder.dim), np.float32), np.zeros(0, np.int64),
-                                self._embedder.dim, False)
+            index = empty_index(self._embedder.dim)
 
         if (manifest.get("chunk_size"), manifest.get("chunk_overlap")) != (self._chunk_size, self._chunk_overlap):
             logger.info("knowledge base at %s: files added from now on use chunk_size=%d, chunk_overlap=%d "

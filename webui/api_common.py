@@ -272,24 +272,24 @@ class GatedStreamingResponse(StreamingResponse):
             self._release()
 
 
-def stream_interval(request: Request | Any) -> float:
-    """Seconds between two streamed events of one answer at least (``--stream-interval-ms``);
-    ``request`` is a ``Request`` or a ``WebSocket``."""
-    return request.app.state.service.settings.stream_interval_ms / 1000
-
-
 async def collect(request: Request, pieces: Iterator[str]) -> str | None:
     """The whole answer for a non-streamed reply, generated in a worker thread.
 
     Returns:
         The answer; None when the client went away meanwhile: generation is then
         stopped at once (the iterator is closed) and the round is not exported.
+
+    Raises:
+        ApiError: 500 when the model fails (:func:`generation_failed`).
     """
     text = []
-    async with aclosing(coalesced_text(pieces, stream_interval(request))) as stream:
-        async for piece in stream:
-            text.append(piece)
-            if await request.is_disconnected():
-                log.info("client went away: stopped generating after %d character(s)", sum(map(len, text)))
-                return None
+    try:
+        async with aclosing(coalesced_text(pieces, get_service(request).settings.stream_interval)) as stream:
+            async for piece in stream:
+                text.append(piece)
+                if await request.is_disconnected():
+                    log.info("client went away: stopped generating after %d character(s)", sum(map(len, text)))
+                    return None
+    except Exception as exc:
+        raise generation_failed(exc) from None
     return "".join(text)

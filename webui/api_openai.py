@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from llm.base import GenerationParams, Message
 
 from .api_common import (CLIENT_GONE, AdmissionGate, ApiError, GatedStreamingResponse, check_max_new_tokens,
-                         close_iterator, coalesced_text, collect, generation_errors, generation_failed, get_gate,
+                         close_iterator, coalesced_text, collect, generation_errors, get_gate,
                          get_service)
 from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                        ChunkChoice, Delta, ErrorResponse, ModelCard, ModelList, Usage, completion_id)
@@ -103,10 +103,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request, service
                                               headers={"Cache-Control": "no-cache"})
             release = None  # the response gives the place back when it ends
             return response
-        try:
-            answer = await collect(request, pieces)
-        except Exception as exc:
-            raise generation_failed(exc) from None
+        answer = await collect(request, pieces)
     finally:
         if release is not None:
             release()
@@ -141,9 +138,9 @@ async def _sse(service: ChatService, model: str, messages: list[Message], params
     try:
         yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
         answer = ""
-        interval = service.settings.stream_interval_ms / 1000
         try:
-            async with aclosing(coalesced_text(pieces, interval)) as texts:  # closing it stops the model
+            # closing the texts stops the model
+            async with aclosing(coalesced_text(pieces, service.settings.stream_interval)) as texts:
                 async for text in texts:
                     answer += text
                     yield event([ChunkChoice(delta=Delta(content=text))])

@@ -23,8 +23,8 @@ from llm.history import trim_history
 from rag.registry import InvalidKnowledgeBaseName
 
 from .api_common import (CLIENT_GONE, AdmissionGate, ApiError, GatedStreamingResponse, check_max_new_tokens,
-                         close_iterator, coalesced_text, collect, generation_errors, generation_failed, get_gate,
-                         get_service, stream_interval)
+                         close_iterator, coalesced_text, collect, generation_errors, get_gate,
+                         get_service)
 from .protocol import ErrorResponse, PaiChatRequest, PaiChatResponse, Source
 from .services import ChatService
 
@@ -177,16 +177,13 @@ async def pai_chat(request: Request, service: ChatService = Depends(get_service)
         sources, pieces = await run_in_threadpool(answer_chunks, service, req, "pai")
         if req.use_stream_chat:
             async def body():
-                async with aclosing(stream_replies(req, sources, pieces, stream_interval(request))) as replies:
+                async with aclosing(stream_replies(req, sources, pieces, service.settings.stream_interval)) as replies:
                     async for reply in replies:
                         yield json.dumps(reply, ensure_ascii=False).encode("utf-8") + b"\0"
             response = GatedStreamingResponse(body(), release, media_type="text/plain; charset=utf-8")
             release = None  # the response gives the place back when it ends
             return response
-        try:
-            answer = await collect(request, pieces)
-        except Exception as exc:
-            raise generation_failed(exc) from None
+        answer = await collect(request, pieces)
         if answer is None:
             return CLIENT_GONE
         return JSONResponse(_reply(req, answer, sources))
@@ -230,7 +227,7 @@ async def pai_websocket(ws: WebSocket):
                 await ws.send_text(EOS)
                 continue
             try:
-                async with aclosing(stream_replies(req, sources, pieces, stream_interval(ws))) as replies:
+                async with aclosing(stream_replies(req, sources, pieces, service.settings.stream_interval)) as replies:
                     if req.use_stream_chat:
                         last = {}
                         async for last in replies:

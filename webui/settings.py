@@ -82,6 +82,11 @@ class Settings:
     no_relevant_passage: str = "answer"
     demo_dir: Path | None = None
 
+    @property
+    def stream_interval(self) -> float:
+        """``stream_interval_ms`` in seconds: the least time between two streamed updates of one answer."""
+        return self.stream_interval_ms / 1000
+
     def generation_params(self, **overrides) -> GenerationParams:
         """The server-wide sampling defaults as :class:`GenerationParams`, with overrides."""
         values = dict(

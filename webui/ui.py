@@ -121,7 +121,7 @@ class PageHandlers:
         yield display, history, ""
         # one page update per --stream-interval-ms at most (each costs Gradio a diff of the
         # whole conversation); text held back is shown with the next update or the last one
-        interval = self.service.settings.stream_interval_ms / 1000
+        interval = self.service.settings.stream_interval
         shown = float("-inf")
         try:
             for piece in pieces:
