@@ -28,9 +28,11 @@ import json
 import os
 import re
 import shutil
+import time
 import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 #: Bumped when the layout changes incompatibly; a newer format is refused.
 #: 2: index.faiss may hold an IndexIVFFlat (rag.store.APPROXIMATE_INDEX_MIN_CHUNKS);
@@ -139,3 +141,55 @@ def remove_generations_except(directory: Path, keep: str) -> None:
         name = generation_name(n)
         if name != keep:
             shutil.rmtree(directory / name, ignore_errors=True)
+
+
+#: The lock file every writer of a knowledge-base folder holds (see :func:`folder_lock`).
+LOCK_NAME = ".lock"
+#: Seconds a writer waits for another process's write to the same folder before giving up.
+LOCK_TIMEOUT_S = 300.0
+
+
+class FolderBusyError(RuntimeError):
+    """Another process kept a knowledge-base folder locked for longer than the timeout."""
+
+
+@contextmanager
+def folder_lock(directory: Path, *, shared: bool = False, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the advisory lock of a knowledge-base folder: exclusive for a writer, shared
+    for a reader loading a state another process committed.
+
+    ``flock(2)`` on ``directory/.lock``, opened afresh for each call, so it also excludes
+    other threads and other :class:`~rag.store.KnowledgeBase` objects of this process. The
+    kernel drops it when the process dies (a kill -9 never leaves a stale lock). Where
+    ``fcntl`` is missing (Windows) this is a no-op: one process per folder there.
+
+    Raises:
+        FolderBusyError: still held by another after ``timeout`` seconds; the message
+            names the likely holder (``python -m rag`` or a second server).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise FolderBusyError(
+                        f"knowledge base {directory.name!r} is being written by another process (a "
+                        f"'python -m rag ingest' or a second server) for over {timeout:.0f} s; retry when "
+                        "it has finished") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .persistence import folder_lock
 from .store import KnowledgeBase
 
 if TYPE_CHECKING:
@@ -21,8 +22,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Letters (any script), digits, '_', '-', '.'; 1-64 characters; not starting with '.' or '-'.
-_NAME = re.compile(r"^\w[\w.-]{0,63}$")
+#: Letters (any script), digits, '_', '-', '.'; 1-64 characters; not starting with '.' or '-'
+#: (matched whole: ``fullmatch``, so no trailing newline slips through).
+_NAME = re.compile(r"\w[\w.-]{0,63}")
+#: Longest name in UTF-8 bytes: the folder ``.deleted-<name>-<8 hex>`` must stay within the
+#: 255 bytes most file systems allow for one name (64 four-byte characters would not).
+MAX_NAME_BYTES = 192
 _MANIFEST = "manifest.json"
 
 
@@ -38,7 +43,8 @@ class UnknownKnowledgeBase(KeyError):
 
 
 def _valid(name: object) -> bool:
-    return isinstance(name, str) and _NAME.match(name) is not None and ".." not in name
+    return (isinstance(name, str) and _NAME.fullmatch(name) is not None and ".." not in name
+            and len(name.encode("utf-8", errors="replace")) <= MAX_NAME_BYTES)
 
 
 def check_name(name: str) -> str:
@@ -49,8 +55,9 @@ def check_name(name: str) -> str:
     """
     if not _valid(name):
         raise InvalidKnowledgeBaseName(
-            f"invalid knowledge base name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit (e.g. 'default', 'manuals-2024')")
+            f"invalid knowledge base name {name!r}: use 1-64 letters, digits, '_', '-' or '.' "
+            f"(at most {MAX_NAME_BYTES} bytes in UTF-8), starting with a letter or digit "
+            "(e.g. 'default', 'manuals-2024')")
     return name
 
 
@@ -121,17 +128,23 @@ class KnowledgeBaseRegistry:
         """Delete the knowledge base ``name`` and everything in its folder.
 
         The folder is first renamed out of the way (atomic), then removed, so a
-        crash never leaves a half-deleted knowledge base under its name.
+        crash never leaves a half-deleted knowledge base under its name. A running
+        upload to it is stopped first (:meth:`KnowledgeBase.close`): its remaining files
+        are reported refused, and nothing of it comes back when the name is used again.
 
         Raises:
             InvalidKnowledgeBaseName, UnknownKnowledgeBase: as for :meth:`get`.
+            rag.persistence.FolderBusyError: another process kept writing it too long.
         """
         check_name(name)
         with self._lock:
             if not self.exists(name):
                 raise UnknownKnowledgeBase(f"no knowledge base named {name!r}")
-            self._open.pop(name, None)
+            kb = self._open.pop(name, None)
+            if kb is not None:
+                kb.close()  # a running upload stops at its next file or batch; it never commits again
             trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
-            (self.root / name).rename(trash)
+            with folder_lock(self.root / name):  # not while another process writes it
+                (self.root / name).rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
         logger.info("deleted knowledge base %s", name)

@@ -17,9 +17,10 @@ import math
 import os
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -109,6 +110,10 @@ class EmbeddingMismatchError(ValueError):
     than the one its vectors were made with; the message names both and the fix."""
 
 
+class KnowledgeBaseClosedError(RuntimeError):
+    """The knowledge base was deleted (or is being deleted): this object can never write again."""
+
+
 class KnowledgeBaseCorruptError(RuntimeError):
     """The files of a knowledge base are unreadable or disagree with each other
     (not caused by a crash, which the layout survives); the message names the folder."""
@@ -134,7 +139,12 @@ class KnowledgeBase:
     Create or load one with :meth:`open`. All methods are thread-safe: a lock
     serialises mutation and search; the slow parts of adding a file (reading,
     splitting, embedding) run outside it, so searches are not blocked for long.
-    One process should own a folder at a time.
+
+    Writers (adding and deleting files) take turns, also across processes: each holds
+    the folder's lock (:func:`rag.persistence.folder_lock`) and first loads whatever
+    another process (``python -m rag ingest``, a second server) committed meanwhile, so
+    no one's files are lost; searches load such a newer state too. After :meth:`close`
+    (the knowledge base is deleted) the object never writes again.
     """
 
     def __init__(self, directory: Path, embedder: "Embedder", chunk_size: int, chunk_overlap: int,
@@ -148,6 +158,10 @@ class KnowledgeBase:
         self._chunk_size = chunk_size
         self._chunk_overlap = chunk_overlap
         self._lock = threading.RLock()
+        self._write_lock = threading.Lock()  # one writer of this object at a time (see _writing)
+        self._closing = threading.Event()  # set by close(): running writes stop at the next file/batch
+        self._closed = False
+        self._stamp: tuple[int, int] | None = None  # the manifest's (inode, mtime_ns) when last read
         self._approximate_from = approximate_from
         self._index = empty_index(embedder.dim)
         self._chunks: dict[int, Chunk] = {}
@@ -184,7 +198,7 @@ class KnowledgeBase:
         directory.mkdir(parents=True, exist_ok=True)
         kb = cls(directory, embedder, chunk_size, chunk_overlap, approximate_from)
         manifest_path = directory / disk.MANIFEST_NAME
-        with kb._lock:
+        with disk.folder_lock(directory), kb._lock:
             if manifest_path.exists():
                 kb._load()
                 kb._tidy_file_copies()
@@ -194,9 +208,17 @@ class KnowledgeBase:
                 kb._commit()
         return kb
 
+    def _manifest_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self._directory / disk.MANIFEST_NAME).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
     def _read_manifest(self) -> dict[str, Any]:
         path = self._directory / disk.MANIFEST_NAME
         try:
+            self._stamp = self._manifest_stamp()
             manifest = disk.read_json(path)
         except (OSError, ValueError) as exc:
             raise KnowledgeBaseCorruptError(
@@ -315,6 +337,14 @@ class KnowledgeBase:
         """Persist the in-memory state as a new generation (see :mod:`rag.persistence`)."""
         import faiss
 
+        if self._closed:
+            raise KnowledgeBaseClosedError(f"knowledge base {self._directory.name!r} was deleted")
+        if self._generation is not None:
+            on_disk = self._manifest_generation()
+            if on_disk != self._generation:  # never replace a state this object did not load
+                raise KnowledgeBaseClosedError(
+                    f"knowledge base {self._directory.name!r} changed on disk while it was being written "
+                    f"(it holds {on_disk or 'nothing'}, this copy {self._generation}); add the files again")
         existing = disk.existing_generations(self._directory)
         current = disk.generation_number(self._generation) if self._generation else None
         number = max(existing + ([current] if current is not None else []), default=0) + 1
@@ -347,12 +377,71 @@ class KnowledgeBase:
             "updated_at": _utc_now(),
         })
         self._generation = gen_name
+        self._stamp = self._manifest_stamp()
         disk.remove_generations_except(self._directory, gen_name)
+
+    def _manifest_generation(self) -> str | None:
+        """The generation the manifest on disk names now (None: no readable manifest)."""
+        try:
+            return str(disk.read_json(self._directory / disk.MANIFEST_NAME).get("generation"))
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Be the one writer of the folder: this object's writers one at a time, then the
+        folder lock against other processes, then load what another process committed.
+
+        Raises:
+            KnowledgeBaseClosedError: the knowledge base was deleted.
+            rag.persistence.FolderBusyError: another process held the folder too long.
+        """
+        with self._write_lock:
+            self._check_open()
+            with disk.folder_lock(self._directory):
+                with self._lock:
+                    self._check_open()
+                    if self._manifest_generation() != self._generation:
+                        logger.info("knowledge base at %s was changed by another process; loading its state",
+                                    self._directory)
+                        self._load()
+                yield
+
+    def _check_open(self) -> None:
+        if self._closing.is_set() or self._closed:
+            raise KnowledgeBaseClosedError(
+                f"knowledge base {self._directory.name!r} was deleted; upload the files again to create it anew")
+
+    def _refresh(self) -> None:
+        """Load the state another process committed since this one was read (a cheap
+        ``stat`` when nothing changed; skipped while this object itself is writing)."""
+        if self._closed or self._write_lock.locked() or self._manifest_stamp() == self._stamp:
+            return
+        try:
+            with disk.folder_lock(self._directory, shared=True, timeout=10), self._lock:
+                if not self._closed and self._manifest_generation() not in (None, self._generation):
+                    logger.info("knowledge base at %s was changed by another process; loading its state",
+                                self._directory)
+                    self._load()
+                self._stamp = self._manifest_stamp()
+        except (disk.FolderBusyError, OSError):
+            logger.warning("knowledge base at %s: could not load a newer state; searching the one loaded",
+                           self._directory)
+
+    def close(self) -> None:
+        """Stop writing for good (the knowledge base is being deleted): a running
+        :meth:`add_files` stops before its next file or embedding batch and reports the
+        rest refused; waits for it; later writes raise :class:`KnowledgeBaseClosedError`."""
+        self._closing.set()
+        with self._write_lock, self._lock:
+            self._closed = True
 
     def _commit_or_reload(self) -> None:
         """Commit; if that fails, go back to the last committed state and re-raise."""
         try:
             self._commit()
+        except KnowledgeBaseClosedError:
+            raise
         except BaseException:
             logger.exception("could not save the knowledge base at %s; reloading its last saved state",
                              self._directory)
@@ -400,16 +489,32 @@ class KnowledgeBase:
             raise ValueError(f"names has {len(names)} entries but paths has {len(paths)}; give one name per path")
         if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
             raise ValueError(f"commit_every must be an integer >= 1, got {commit_every!r}")
+        all_names = [str(names[i]) if names is not None else Path(p).name for i, p in enumerate(paths)]
+        try:
+            with self._writing():
+                return self._add_files(paths, all_names, progress, on_chunks, commit_every)
+        except (KnowledgeBaseClosedError, disk.FolderBusyError) as exc:  # before the first file
+            return [FileReport(name=n, status="refused", reason=f"{n}: {exc}") for n in all_names]
+
+    def _add_files(self, paths: list, names: list[str], progress, on_chunks, commit_every: int) -> list[FileReport]:
         reports: list[FileReport] = []
         pending: list[tuple[int, Path, str, str]] = []  # added, not saved yet: (report index, copy, key, sha256)
         for i, path in enumerate(paths):
-            name = str(names[i]) if names is not None else Path(path).name
+            name = names[i]
+            if self._closing.is_set():  # deleted meanwhile: nothing more is written
+                reports += [FileReport(name=n, status="refused", reason=f"{n}: knowledge base "
+                                       f"{self._directory.name!r} was deleted while the upload ran; "
+                                       "upload the files again to create it anew") for n in names[i:]]
+                for _, tmp_copy, _, _ in pending:
+                    tmp_copy.unlink(missing_ok=True)
+                pending.clear()
+                break
             if progress is not None:
                 progress(name, i, len(paths))
             try:
                 report = self._add_file(Path(path), name, on_chunks,
                                         pending=pending if commit_every > 1 else None, index=len(reports))
-            except DocumentLoadError as exc:
+            except (DocumentLoadError, KnowledgeBaseClosedError) as exc:
                 report = FileReport(name=name, status="refused", reason=str(exc))
             except Exception as exc:
                 logger.exception("unexpected error while adding %s to %s", name, self._directory)
@@ -469,6 +574,7 @@ class KnowledgeBase:
             on_chunks(name, 0, len(texts))
         step = max(EMBED_BATCH, int(getattr(self._embedder, "batch_size", 0) or 0))
         for start in range(0, len(texts), step):
+            self._check_open()  # a delete stops a long file between batches
             batches.append(self._embedder.embed_documents(texts[start:start + step]))
             if on_chunks is not None:
                 on_chunks(name, min(start + step, len(texts)), len(texts))
@@ -579,8 +685,10 @@ class KnowledgeBase:
 
         Raises:
             KeyError: no such file in the knowledge base.
+            KnowledgeBaseClosedError: the knowledge base was deleted.
+            rag.persistence.FolderBusyError: another process kept writing it too long.
         """
-        with self._lock:
+        with self._writing(), self._lock:
             key = name if name in self._files else disk.safe_file_name(name)
             if key not in self._files:
                 known = ", ".join(sorted(self._files)) or "none"
@@ -597,6 +705,7 @@ class KnowledgeBase:
     def files(self) -> list[dict[str, Any]]:
         """The stored files, oldest first: dicts with "name", "chunks" (count),
         "size" (bytes of the original file), "added_at" (ISO-8601 UTC) and "sha256" (hex)."""
+        self._refresh()
         with self._lock:
             return [{k: f[k] for k in ("name", "chunks", "size", "added_at", "sha256")}
                     for f in self._files.values()]
@@ -670,6 +779,7 @@ class KnowledgeBase:
             raise ValueError(f"unknown retrieval mode {mode!r}: use one of {', '.join(RETRIEVAL_MODES)}")
         dense_weight = check_weight(dense_weight)
         top_k = int(top_k)
+        self._refresh()
         if len(self) == 0:
             return []
         query_vector = self._embedder.embed_query(query).reshape(1, -1)

@@ -30,6 +30,25 @@ def corpus() -> Path:
     return CORPUS
 
 
+def uploaded(paths: Sequence[str | Path]) -> list[str]:
+    """Copy each file into Gradio's upload folder the way the file picker does
+    (``<upload folder>/<random hex>/<name>``) and return the copies' paths: the page's
+    ingest handler accepts only files Gradio itself received (issue 16, item 1)."""
+    import shutil
+    import uuid
+
+    import gradio as gr
+
+    folder = Path(gr.utils.get_upload_folder())
+    copies = []
+    for path in paths:
+        target = folder / uuid.uuid4().hex / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+        copies.append(str(target))
+    return copies
+
+
 class FakeChatModel(ChatModel):
     """A scripted chat model: answers with a fixed reply, word by word, and
     records every conversation it was given (``self.calls``)."""

@@ -9,6 +9,8 @@ import shutil
 import gradio as gr
 import pytest
 
+from .conftest import uploaded
+
 from rag import EmbeddingMismatchError, KnowledgeBase
 from rag.registry import KnowledgeBaseRegistry
 from webui.services import ChatService
@@ -60,7 +62,7 @@ def test_create_pick_and_delete_knowledge_bases(handlers):
 def test_each_session_works_on_its_own_knowledge_base(handlers, corpus):
     k = handlers.knowledge
     k.create("deepspeed", "default")
-    report, status = handlers.ingest([str(corpus / "deepspeed" / "advanced-install.md")], "deepspeed")
+    report, status = handlers.ingest(uploaded([str(corpus / "deepspeed" / "advanced-install.md")]), "deepspeed")
     assert "added" in report_rows(report)["advanced-install.md"] and "**deepspeed**: 1 file(s)" in status
     assert handlers.kb_status("default").startswith("Knowledge base **default**: 0 file(s)")
 
@@ -83,7 +85,7 @@ def test_files_listed_duplicate_skipped_changed_replaced_and_deleted(handlers, c
     guide = upload / "zero.md"
     shutil.copy(corpus / "deepspeed" / "zero.md", guide)
     docx = corpus / "docx" / "blk-paras-and-tables.docx"
-    handlers.ingest([str(guide), str(docx)], "docs")
+    handlers.ingest(uploaded([str(guide), str(docx)]), "docs")
 
     table = {row[0]: row for row in k.files_table("docs")}
     assert set(table) == {"zero.md", "blk-paras-and-tables.docx"}
@@ -94,7 +96,7 @@ def test_files_listed_duplicate_skipped_changed_replaced_and_deleted(handlers, c
     total = len(kb)
 
     # the same files again: skipped, and the report says so
-    report, _ = handlers.ingest([str(guide), str(docx)], "docs")
+    report, _ = handlers.ingest(uploaded([str(guide), str(docx)]), "docs")
     rows = report_rows(report)
     assert "skipped" in rows["zero.md"] and "unchanged" in rows["zero.md"]
     assert len(kb) == total
@@ -102,7 +104,7 @@ def test_files_listed_duplicate_skipped_changed_replaced_and_deleted(handlers, c
     # a changed file of the same name replaces its chunks
     guide.write_text("# ZeRO, shortened\n\nZeRO partitions optimizer states across data-parallel ranks.\n",
                      encoding="utf-8")
-    report, _ = handlers.ingest([str(guide)], "docs")
+    report, _ = handlers.ingest(uploaded([str(guide)]), "docs")
     assert "added" in report_rows(report)["zero.md"]
     table = {row[0]: row for row in k.files_table("docs")}
     assert table["zero.md"][2] == 1 and len(kb) == total - chunks + 1
@@ -129,7 +131,7 @@ def test_ingestion_reports_files_and_chunks_while_it_runs(handlers, corpus):
         calls.append((value, desc, unit))
 
     files = [str(corpus / "deepspeed" / "advanced-install.md"), str(corpus / "deepspeed" / "inference-tutorial.md")]
-    handlers.knowledge.ingest(files, None, progress)
+    handlers.knowledge.ingest(uploaded(files), None, progress)
     file_steps = [c for c in calls if c[2] == "files"]
     chunk_steps = [c for c in calls if c[2] == "chunks"]
     assert [v for v, _, _ in file_steps] == [(0, 2), (1, 2)]
@@ -151,7 +153,7 @@ def test_knowledge_base_of_another_embedding_model(handlers, corpus):
     assert status.startswith("⚠️") and "test/hash-embedder" in status and "--embedding-model" in status
     assert table == []
     with pytest.raises(gr.Error, match="was built with embedding model 'test/hash-embedder'"):
-        handlers.ingest([str(corpus / "deepspeed" / "README.md")], "hashed")
+        handlers.ingest(uploaded([str(corpus / "deepspeed" / "README.md")]), "hashed")
     assert len(KnowledgeBase.open(root / "hashed", HashEmbedder())) == len(other), "left untouched"
 
 

@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 
+from .conftest import uploaded
+
 from rag.registry import KnowledgeBaseRegistry
 from webui.services import ChatService
 from webui.settings import Settings
@@ -100,7 +102,7 @@ def test_ingest_reports_each_file_and_survives_a_bad_one(service, corpus):
     h = PageHandlers(service)
     files = [str(corpus / "deepspeed" / "README.md"), str(corpus / "pdf" / "libreoffice-writer-password.pdf"),
              str(corpus / "docx" / "blk-paras-and-tables.docx")]
-    report, status = h.ingest(files)
+    report, status = h.ingest(uploaded(files))
     lines = {line.split("|")[1].strip(): line for line in report.splitlines()[2:]}
     assert "added" in lines["README.md"] and "added" in lines["blk-paras-and-tables.docx"]
     assert "refused" in lines["libreoffice-writer-password.pdf"]
@@ -111,7 +113,7 @@ def test_ingest_reports_each_file_and_survives_a_bad_one(service, corpus):
 
 def test_rag_answer_injects_chunks_and_shows_sources(service, corpus):
     h = PageHandlers(service)
-    h.ingest([str(corpus / "deepspeed" / "README.md")])
+    h.ingest(uploaded([str(corpus / "deepspeed" / "README.md")]))
     steps = list(h.rag_chat("How do I install DeepSpeed?", [], 3, 0.0, *GEN, 5))
     chat, history, _, sources = steps[-1]
     assert plain_markdown("README.md") in sources and "score" in sources
@@ -125,7 +127,7 @@ def test_rag_answer_injects_chunks_and_shows_sources(service, corpus):
 
 def test_rag_with_nothing_relevant_says_so(service, corpus):
     h = PageHandlers(service)
-    h.ingest([str(corpus / "deepspeed" / "README.md")])
+    h.ingest(uploaded([str(corpus / "deepspeed" / "README.md")]))
     steps = list(h.rag_chat("How do I install DeepSpeed?", [], 3, 0.99, *GEN, 5))
     assert "No relevant passage" in steps[-1][3]
 

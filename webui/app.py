@@ -133,5 +133,9 @@ def create_app(service: ChatService) -> FastAPI:
     page = build_blocks(service)
     # Beyond --max-queue waiting events, Gradio answers "queue is full" instead of piling them up.
     page.queue(default_concurrency_limit=4, max_size=settings.max_queue)
+    # Gradio accepts a client-named FileData path only when it is in its upload folder, but
+    # checks that only for apps it launched itself (processing_utils._check_allowed); a
+    # mounted app must say it runs, or any server file could be fed to the page (issue 16).
+    page.has_launched = True
     return gr.mount_gradio_app(app, page, path="/", css=PAGE_CSS, footer_links=["api", "settings"],
                                max_file_size=f"{settings.max_upload_mb}mb")

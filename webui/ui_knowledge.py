@@ -27,6 +27,22 @@ FILE_COLUMNS = ["file", "size", "chunks", "added (UTC)"]
 KB_ERRORS = (InvalidKnowledgeBaseName, UnknownKnowledgeBase, EmbeddingMismatchError, KnowledgeBaseCorruptError)
 
 
+def received_by_gradio(path: Path, upload_folder: str | Path | None = None) -> bool:
+    """Whether ``path`` is a file Gradio itself received: inside its upload folder
+    (``gradio.utils.get_upload_folder()``, i.e. ``$GRADIO_TEMP_DIR`` or ``<tmp>/gradio``).
+
+    Gradio checks client-named ``FileData`` paths only for apps it launches; ours is
+    mounted (``gr.mount_gradio_app``), so a client could name any server file (issue 16,
+    item 1). Both sides are resolved (symlinks, ``..``) before comparing.
+    """
+    folder = Path(upload_folder or gr.utils.get_upload_folder()).resolve()
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return resolved.is_file() and resolved.is_relative_to(folder)
+
+
 def human_size(n_bytes: int) -> str:
     """``1234`` -> ``"1.2 KB"`` (powers of 1024; bytes below 1 KB)."""
     size = float(n_bytes)
@@ -164,9 +180,14 @@ class KnowledgeHandlers:
                progress: gr.Progress | None = None) -> tuple[str, str]:
         """Add uploaded files to knowledge base ``name``, reporting progress (files and
         chunks) to ``progress`` while it runs: (per-file report table, status line)."""
-        paths = [Path(f if isinstance(f, str) else f.name) for f in files or []]
+        given = [Path(f if isinstance(f, str) else f.name) for f in files or []]
+        paths = [p for p in given if received_by_gradio(p)]
+        refused = [FileReport(p.name, "refused", reason="not a file uploaded through this page: "
+                              "upload it with the file picker") for p in given if not received_by_gradio(p)]
+        for report in refused:
+            log.warning("ingest refused a path outside Gradio's upload folder: %s", report.name)
         if not paths:
-            return format_report([]), self.status(name)
+            return format_report(refused), self.status(name)
         kb = self.kb(name, create=True)
         position = {"file": 0, "n": len(paths)}
 
@@ -180,7 +201,8 @@ class KnowledgeHandlers:
                 progress((done, total), unit="chunks",
                          desc=f"File {position['file'] + 1}/{position['n']}: {file_name} · chunks {done}/{total}")
 
-        reports = kb.add_files(paths, names=[p.name for p in paths], progress=on_file, on_chunks=on_chunks)
+        reports = refused + kb.add_files(paths, names=[p.name for p in paths], progress=on_file,
+                                         on_chunks=on_chunks)
         log.info("ingested %d file(s) into %s, %d chunk(s) added", len(reports), kb.directory.name,
                  sum(r.chunks for r in reports))
         return format_report(reports), self.status(name)
