@@ -19,13 +19,19 @@ class Message(TypedDict):
     content: str
 
 
+#: Temperatures below this decode greedily: dividing logits by a smaller one (``1e-320``)
+#: overflows to infinity and sampling fails; the answer would be the greedy one anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Sampling settings for one answer; they map onto ``model.generate`` kwargs.
 
     Attributes:
         max_new_tokens: most tokens generated for the answer (>= 1).
-        temperature: softmax temperature (>= 0). 0 means greedy decoding.
+        temperature: softmax temperature (>= 0). 0 (or below :data:`GREEDY_BELOW_TEMPERATURE`)
+            means greedy decoding.
         top_k: sample among the k most likely tokens (>= 0; 0 turns the filter off).
         top_p: nucleus sampling mass in (0, 1].
         do_sample: False forces greedy decoding whatever the temperature.
@@ -59,8 +65,9 @@ class GenerationParams:
 
     @property
     def greedy(self) -> bool:
-        """True when decoding is greedy: ``do_sample`` is False or temperature is 0."""
-        return not self.do_sample or self.temperature == 0
+        """True when decoding is greedy: ``do_sample`` is False or the temperature is 0
+        (below :data:`GREEDY_BELOW_TEMPERATURE`)."""
+        return not self.do_sample or self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 class ChatModel(ABC):

@@ -118,7 +118,7 @@ class KnowledgeBaseRegistry:
                 if not create and not self.exists(name):
                     raise UnknownKnowledgeBase(
                         f"no knowledge base named {name!r}: upload files to it first "
-                        f"(existing: {', '.join(self.names()) or 'none'})")
+                        "(GET /v1/knowledge or the page's picker lists the existing ones)")
                 kb = KnowledgeBase.open(self.root / name, self.embedder, chunk_size=self.chunk_size,
                                         chunk_overlap=self.chunk_overlap)
                 self._open[name] = kb
@@ -148,3 +148,25 @@ class KnowledgeBaseRegistry:
                 (self.root / name).rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
         logger.info("deleted knowledge base %s", name)
+
+    def discard_if_empty(self, name: str) -> bool:
+        """Remove knowledge base ``name`` if it holds no file and nobody is writing it (an
+        upload that created it had every file refused): True when removed."""
+        with self._lock:
+            kb = self._open.get(name)
+            if kb is None or not self.exists(name) or not kb._write_lock.acquire(blocking=False):
+                return False
+            try:
+                if kb._files or kb._closing.is_set():
+                    return False
+                kb._closing.set()
+                kb._closed = True
+                self._open.pop(name, None)
+                trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+                with folder_lock(self.root / name):
+                    (self.root / name).rename(trash)
+            finally:
+                kb._write_lock.release()
+        shutil.rmtree(trash, ignore_errors=True)
+        logger.info("removed knowledge base %s again: the upload that created it added no file", name)
+        return True

@@ -30,7 +30,7 @@ from .keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens, tokenize
 from .loaders import DocumentLoadError, load_file
 from .rerank import RERANK_CANDIDATES
 from .splitter import make_text_splitter, split_documents
-from .types import RETRIEVAL_MODES, Chunk, FileReport, SearchResult
+from .types import MAX_QUERY_CHARS, RETRIEVAL_MODES, Chunk, FileReport, SearchResult
 
 if TYPE_CHECKING:
     from .embeddings import Embedder
@@ -260,7 +260,7 @@ class KnowledgeBase:
         if (recorded_name, recorded_dim) != (self._embedder.name, self._embedder.dim):
             if chunks:
                 raise EmbeddingMismatchError(
-                    f"the knowledge base at {self._directory} was built with embedding model "
+                    f"knowledge base {self._directory.name!r} was built with embedding model "
                     f"{recorded_name!r} (dim {recorded_dim}), but {self._embedder.name!r} "
                     f"(dim {self._embedder.dim}) is loaded. Start with --embedding-model {recorded_name}, "
                     "or use another knowledge-base folder (or delete this one) and upload the documents again")
@@ -692,7 +692,7 @@ class KnowledgeBase:
             key = name if name in self._files else disk.safe_file_name(name)
             if key not in self._files:
                 known = ", ".join(sorted(self._files)) or "none"
-                raise KeyError(f"no file named {name!r} in the knowledge base at {self._directory} "
+                raise KeyError(f"no file named {name!r} in knowledge base {self._directory.name!r} "
                                f"(files: {known})")
             removed = self._remove_chunks_of(key)
             self._fit_index()
@@ -771,8 +771,12 @@ class KnowledgeBase:
             mode when no chunk shares a word with the query.
 
         Raises:
-            ValueError: ``top_k`` < 1, an unknown ``mode``, or a bad ``dense_weight``.
+            ValueError: ``top_k`` < 1, an unknown ``mode``, a bad ``dense_weight``, or a
+                query longer than :data:`rag.types.MAX_QUERY_CHARS` characters.
         """
+        if len(query) > MAX_QUERY_CHARS:
+            raise ValueError(f"the query is {len(query)} characters long; a search takes at most "
+                             f"{MAX_QUERY_CHARS}: ask a shorter question")
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         if mode not in RETRIEVAL_MODES:

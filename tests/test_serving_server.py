@@ -48,8 +48,9 @@ def test_sixteen_concurrent_streams_with_batching_each_get_their_own_answer(serv
     assert len({answers[i] for i in range(N)}) > N // 2, "answers belong to their own prompts"
 
 
-def test_remote_backend_against_a_second_instance(server, corpus):
-    upstream = server("--max-new-tokens=16")
+def test_remote_backend_against_a_second_instance(server, corpus, tmp_path):
+    # its own knowledge folder: two servers on one folder share it (each loads the other's commits)
+    upstream = server("--max-new-tokens=16", f"--knowledge-dir={tmp_path / 'upstream-knowledge'}")
     upstream.wait()
     front = server("--llm-backend=openai", f"--llm-base-url={upstream.url}/v1", "--max-new-tokens=16")
     health = front.wait()

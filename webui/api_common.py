@@ -53,10 +53,10 @@ class ApiError(Exception):
 
 
 def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                   code: str | None = None) -> JSONResponse:
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     """``{"error": {"message", "type", "param", "code"}}`` with ``status``."""
     body = ErrorResponse(error=ErrorBody(message=message, type=type, param=param, code=code))
-    return JSONResponse(body.model_dump(), status_code=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def generation_failed(exc: BaseException) -> ApiError:
@@ -148,6 +148,38 @@ class AdmissionGate:
         """``{"active", "max_queue", "refused"}`` for ``/health``."""
         with self._lock:
             return {"active": self.active, "max_queue": self.limit, "refused": self.refused}
+
+
+class WorkLimiter:
+    """At most ``running`` retrieval jobs (searches, uploads being embedded) run at once,
+    at most ``waiting`` more wait for a turn; beyond that 503 with ``Retry-After``. Keeps
+    many search or upload clients (jieba and the embedder hold the GIL) from starving
+    generation. Thread-safe; :meth:`slot` blocks, so call it from a worker thread.
+
+    Args:
+        running: jobs at once (>= 1).
+        waiting: most jobs admitted beyond ``running`` (>= 1), as ``--max-queue``.
+    """
+
+    def __init__(self, running: int, waiting: int):
+        if running < 1:
+            raise ValueError(f"running must be >= 1, got {running}")
+        self.gate = AdmissionGate(running + waiting)
+        self._turns = threading.BoundedSemaphore(running)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Wait for a turn and hold it.
+
+        Raises:
+            ApiError: 503 ``server_busy`` when ``running + waiting`` jobs are in already.
+        """
+        leave = self.gate.enter()
+        try:
+            with self._turns:
+                yield
+        finally:
+            leave()
 
 
 def get_gate(request: Request) -> AdmissionGate:

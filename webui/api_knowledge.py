@@ -6,22 +6,27 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, UploadFile
+from fastapi import APIRouter, Depends, File, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from rag.persistence import safe_file_name
-from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase
-from rag.store import KnowledgeBase
+from rag.persistence import FolderBusyError, safe_file_name
+from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase, check_name
+from rag.store import KnowledgeBase, KnowledgeBaseClosedError
 from rag.types import FileReport
 
-from .api_common import ApiError, get_service
-from .protocol import (DeleteReply, ErrorResponse, FileInfo, FileList, FileReportModel, KnowledgeBaseInfo,
-                       KnowledgeBaseList, SearchReply, SearchRequest, Source, UploadReply)
+from .api_common import ApiError, WorkLimiter, get_service
+from .protocol import (DeleteReply, ErrorResponse, FileInfo, FileList, FileReportModel, KnowledgeBaseDeleteReply,
+                       KnowledgeBaseInfo, KnowledgeBaseList, SearchReply, SearchRequest, Source, UploadReply)
 from .services import ChatService
 
 router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-          422: {"model": ErrorResponse, "description": "a field is invalid; the message names it"}}
+          409: {"model": ErrorResponse, "description": "deleted meanwhile, or another process is writing it"},
+          422: {"model": ErrorResponse, "description": "a field is invalid; the message names it"},
+          503: {"model": ErrorResponse, "description": "too many searches and uploads at once; retry later"}}
+#: API uploads save the knowledge base after this many added files (and at the end): each
+#: save rewrites the whole state, so saving after every file made 1,000 tiny files take 260 s.
+UPLOAD_COMMIT_EVERY = 50
 _COPY_BLOCK = 1 << 20
 #: Where uploads wait while they are ingested: inside the knowledge folder (not /tmp), so
 #: what a killed server left there is found and removed at the next start
@@ -46,6 +51,14 @@ def _kb(service: ChatService, name: str, create: bool = False) -> KnowledgeBase:
         raise ApiError(400, str(exc), param="kb") from None
     except UnknownKnowledgeBase as exc:
         raise ApiError(404, str(exc), type="not_found_error", param="kb") from None
+
+
+def _conflict(exc: Exception) -> ApiError:
+    return ApiError(409, str(exc), type="conflict_error", param="kb")
+
+
+def _limiter(request: Request) -> WorkLimiter:
+    return request.app.state.retrieval
 
 
 @router.get("", response_model=KnowledgeBaseList, responses=ERRORS)
@@ -74,10 +87,15 @@ async def _save_upload(upload: UploadFile, folder: Path, limit: int) -> Path | N
 
 @router.post("/{kb}/files", response_model=UploadReply, responses=ERRORS)
 async def upload_files(kb: str, files: list[UploadFile] = File(..., description="repeat the field for several files"),
-                       service: ChatService = Depends(get_service)) -> UploadReply:
-    """Add files (multipart, field ``files`` repeated) to knowledge base ``kb``, created on first upload.
-    One report per file, in order; a refused file never stops the others."""
-    base = await run_in_threadpool(_kb, service, kb, True)
+                       service: ChatService = Depends(get_service),
+                       limiter: WorkLimiter = Depends(_limiter)) -> UploadReply:
+    """Add files (multipart, field ``files`` repeated) to knowledge base ``kb``, created by the first
+    upload that adds a file (one whose files are all refused creates nothing). One report per file,
+    in order; a refused file never stops the others. Saved every 50 files and at the end."""
+    try:
+        check_name(kb)
+    except InvalidKnowledgeBaseName as exc:
+        raise ApiError(400, str(exc), param="kb") from None
     limit_mb = service.settings.max_upload_mb
     reports: list[FileReport | None] = []
     staging = Path(service.settings.knowledge_dir) / UPLOADS_DIR
@@ -96,10 +114,42 @@ async def upload_files(kb: str, files: list[UploadFile] = File(..., description=
             else:
                 reports.append(None)
                 to_add.append((i, path, name))
-        added = await run_in_threadpool(base.add_files, [p for _, p, _ in to_add], [n for _, _, n in to_add])
+        added = await run_in_threadpool(_add, service, limiter, kb, to_add) if to_add else []
     for (i, _, _), report in zip(to_add, added):
         reports[i] = report
     return UploadReply(knowledge_base=kb, files=[FileReportModel(**vars(r)) for r in reports])
+
+
+def _add(service: ChatService, limiter: WorkLimiter, kb: str, to_add: list[tuple[int, Path, str]]) -> list[FileReport]:
+    """Add the saved uploads (in a worker thread, in turn with other searches and uploads);
+    a base this upload created and left empty (every file refused) is removed again."""
+    with limiter.slot():
+        existed = service.knowledge_bases.exists(kb)
+        base = _kb(service, kb, create=True)
+        reports = base.add_files([p for _, p, _ in to_add], [n for _, _, n in to_add],
+                                 commit_every=UPLOAD_COMMIT_EVERY)
+        if not existed and not any(r.status == "added" for r in reports):
+            try:
+                service.knowledge_bases.discard_if_empty(kb)
+            except (OSError, FolderBusyError):
+                log.warning("could not remove the empty knowledge base %s again", kb, exc_info=True)
+        return reports
+
+
+@router.delete("/{kb}", response_model=KnowledgeBaseDeleteReply, responses=ERRORS)
+def delete_knowledge_base(kb: str, service: ChatService = Depends(get_service)) -> KnowledgeBaseDeleteReply:
+    """Delete knowledge base ``kb`` with all its files. An upload to it that is running stops
+    before its next file (its remaining files are reported refused) and nothing of it comes
+    back; a later upload to the same name starts a new, empty base."""
+    base = _kb(service, kb)
+    files, chunks = len(base.files()), len(base)
+    try:
+        service.knowledge_bases.delete(kb)
+    except UnknownKnowledgeBase as exc:
+        raise ApiError(404, str(exc), type="not_found_error", param="kb") from None
+    except FolderBusyError as exc:
+        raise _conflict(exc) from None
+    return KnowledgeBaseDeleteReply(knowledge_base=kb, files=files, chunks=chunks)
 
 
 @router.get("/{kb}/files", response_model=FileList, responses=ERRORS)
@@ -116,14 +166,19 @@ def delete_file(kb: str, name: str, service: ChatService = Depends(get_service))
         removed = base.delete_file(name)
     except KeyError as exc:
         raise ApiError(404, str(exc).strip("'\""), type="not_found_error", param="name") from None
+    except (KnowledgeBaseClosedError, FolderBusyError) as exc:
+        raise _conflict(exc) from None
     return DeleteReply(knowledge_base=kb, deleted=name, chunks_removed=removed)
 
 
 @router.post("/{kb}/search", response_model=SearchReply, responses=ERRORS)
-def search(kb: str, req: SearchRequest, service: ChatService = Depends(get_service)) -> SearchReply:
+def search(kb: str, req: SearchRequest, service: ChatService = Depends(get_service),
+           limiter: WorkLimiter = Depends(_limiter)) -> SearchReply:
     """The best chunks of ``kb`` for ``query``, best first, found as the page finds them
-    (the server's retriever and reranker, or ``mode``); ``score_threshold`` is on the cosine."""
+    (the server's retriever and reranker, or ``mode``); ``score_threshold`` is on the cosine.
+    Searches and uploads take turns (two at a time); 503 with ``Retry-After`` when too many wait."""
     _kb(service, kb)  # 400 / 404 for a bad or unknown name
-    results = service.retrieve(req.query, top_k=req.top_k, score_threshold=req.score_threshold, kb=kb,
-                               mode=req.mode)
+    with limiter.slot():
+        results = service.retrieve(req.query, top_k=req.top_k, score_threshold=req.score_threshold, kb=kb,
+                                   mode=req.mode)
     return SearchReply(results=[Source(**r.to_dict()) for r in results])

@@ -59,6 +59,12 @@ def parse_request(body: bytes | str, content_type: str | None = None) -> PaiChat
         except json.JSONDecodeError as exc:
             raise ApiError(400, f"malformed JSON body ({exc.msg} at line {exc.lineno} column {exc.colno}): "
                                 "send a JSON object such as {\"prompt\": \"...\"}") from None
+        except RecursionError:
+            raise ApiError(400, "the JSON body is nested too deeply: send a flat JSON object such as "
+                                "{\"prompt\": \"...\"}") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits (sys.get_int_max_str_digits)
+            raise ApiError(400, f"the JSON body holds a value this server cannot read ({exc}); "
+                                "send numbers of ordinary size") from None
     if isinstance(data, str):
         data = {"prompt": data}
     if not isinstance(data, dict):

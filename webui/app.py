@@ -14,9 +14,10 @@ import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from . import api_knowledge, api_openai, api_pai
-from .api_common import AdmissionGate, ApiError, error_response
+from .api_common import AdmissionGate, ApiError, WorkLimiter, error_response
 from .auth import TokenAuthMiddleware
 from .services import ChatService
 from .ui import build_blocks
@@ -60,8 +61,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException):
-        kind = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error"}
-        return error_response(exc.status_code, str(exc.detail), type=kind.get(exc.status_code, "server_error"))
+        kind = {401: "authentication_error", 404: "not_found_error"}
+        default = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(exc.status_code, str(exc.detail), type=kind.get(exc.status_code, default),
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(_: Request, exc: RecursionError):
+        return error_response(400, "the request body is nested too deeply: send a flat JSON object "
+                                   "(see /docs for its fields)")
 
 
 def _document_openai_validation_status(app: FastAPI) -> None:
@@ -80,6 +88,28 @@ def _document_openai_validation_status(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _answer_unknown_api_paths(app: FastAPI) -> None:
+    """404 (no such path) or 405 (path known, method not) under ``/v1`` in the API's error
+    shape, not in Gradio's: without this the page mounted at ``/`` answers them."""
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+    @app.api_route("/v1/{rest:path}", methods=methods, include_in_schema=False)
+    async def unknown_api_path(request: Request, rest: str):
+        allowed = set()
+        for route in app.router.routes:
+            if getattr(route, "endpoint", None) is unknown_api_path:
+                continue
+            match, _ = route.matches(request.scope)
+            if match == Match.PARTIAL:  # the path matches, the method does not
+                allowed |= set(getattr(route, "methods", None) or ())
+        if allowed:
+            return error_response(405, f"{request.method} is not allowed on {request.url.path}: use "
+                                       f"{', '.join(sorted(allowed))} (see /docs)",
+                                  headers={"Allow": ", ".join(sorted(allowed))})
+        return error_response(404, f"no API route {request.url.path}: see /docs for the routes",
+                              type="not_found_error")
 
 
 def create_app(service: ChatService) -> FastAPI:
@@ -107,6 +137,8 @@ def create_app(service: ChatService) -> FastAPI:
                   docs_url="/docs" if not settings.no_api else None)
     app.state.service = service
     app.state.gate = AdmissionGate(settings.max_queue)
+    # searches and uploads: two at once (the CPU left to generation), the rest wait their turn
+    app.state.retrieval = WorkLimiter(running=2, waiting=settings.max_queue)
     _install_error_handlers(app)
 
     @app.get("/health", tags=["server"])
@@ -114,10 +146,12 @@ def create_app(service: ChatService) -> FastAPI:
         """Liveness and what is loaded: model name, demo flag, default knowledge base, and the
         API's generation requests in flight (``active`` of ``max_queue``; ``refused`` with 503 so far)."""
         svc: ChatService = app.state.service
-        kb = svc.knowledge_base()
+        name = svc.settings.knowledge_base
+        # never (re-)creates the default base: a deleted one stays deleted until used
+        kb = svc.knowledge_bases.get(name) if svc.knowledge_bases.exists(name) else None
         return {"status": "ok", "model": svc.model.name, "demo": svc.model.is_demo,
-                "knowledge_base": {"name": kb.directory.name, "chunks": len(kb),
-                                   "embedding_model": kb.embedding_model},
+                "knowledge_base": {"name": name, "chunks": len(kb) if kb is not None else 0,
+                                   "embedding_model": svc.knowledge_bases.embedder.name},
                 "generation": app.state.gate.stats()}
 
     if not settings.no_api:
@@ -125,6 +159,7 @@ def create_app(service: ChatService) -> FastAPI:
         app.include_router(api_knowledge.router)
         app.include_router(api_pai.router)
         _document_openai_validation_status(app)
+        _answer_unknown_api_paths(app)
         api_knowledge.clear_stale_uploads(settings.knowledge_dir)
     if settings.api_token:
         app.add_middleware(TokenAuthMiddleware, token=settings.api_token)

@@ -19,6 +19,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rag.types import MAX_QUERY_CHARS
+
+#: Most earlier rounds a PAI-EAS request may carry in ``history`` (the model sees only the
+#: last ``--max_round`` of them anyway); more is refused with 422 rather than echoed back.
+MAX_HISTORY_ROUNDS = 256
+
 # --------------------------------------------------------------------------- PAI-EAS
 
 
@@ -50,7 +56,7 @@ class PaiChatRequest(BaseModel):
 
     prompt: str = Field(min_length=1, description="the user's message")
     system_prompt: str | None = None
-    history: list[tuple[str, str]] = Field(default_factory=list,
+    history: list[tuple[str, str]] = Field(default_factory=list, max_length=MAX_HISTORY_ROUNDS,
                                            description="earlier rounds as [user, assistant] pairs")
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
@@ -298,6 +304,13 @@ class FileList(BaseModel):
     files: list[FileInfo]
 
 
+class KnowledgeBaseDeleteReply(BaseModel):
+    knowledge_base: str
+    deleted: bool = True
+    files: int
+    chunks: int
+
+
 class DeleteReply(BaseModel):
     knowledge_base: str
     deleted: str
@@ -309,7 +322,7 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     mode: Literal["hybrid", "dense", "bm25"] | None = None
-    query: str = Field(min_length=1)
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     top_k: int = Field(3, ge=1, le=100)
     score_threshold: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
 

@@ -223,6 +223,8 @@ class ChatService:
         (without injected passages), so earlier retrievals do not crowd the context.
 
         Raises:
+            PromptTooLongError: the question alone does not fit in the model's context
+                (checked before retrieving).
             ValueError: the question is empty, top_k < 1, or an unknown mode / action.
         """
         if not question or not question.strip():
@@ -235,6 +237,10 @@ class ChatService:
         generate = dict(system_prompt=system_prompt, params=params, max_round=max_round)
         if query_mode == "llm":
             return RagAnswer(sources=[], pieces=self.stream_chat(question, history, **generate), query_mode="llm")
+        if query_mode != "retrieval":  # a question too long for the model: say so before searching for it
+            self.fit_context(build_messages(question, [], system_prompt=self.settings.system_prompt
+                                            if system_prompt is None else system_prompt, max_round=0),
+                             params or self.settings.generation_params())
         threshold = self.settings.score_threshold if score_threshold is None else score_threshold
         sources = self.retrieve(question, top_k=top_k, score_threshold=threshold, kb=kb, mode=retrieval_mode)
         if query_mode == "retrieval":

@@ -98,6 +98,10 @@ class KnowledgeHandlers:
     def status(self, name: str | None = None) -> str:
         """One line on the knowledge base: files, chunks, embedding model, retrieval
         (and a fallback warning); a problem opening it is shown instead of raised."""
+        name = name or self.default
+        if name == self.default and not self.service.knowledge_bases.exists(name):
+            # not created just to be shown: a deleted default base stays deleted until used
+            return f"Knowledge base **{html.escape(name)}**: 0 file(s), 0 chunk(s) (created by the first upload)."
         try:
             kb = self.kb(name)
         except gr.Error as exc:
@@ -113,6 +117,9 @@ class KnowledgeHandlers:
 
     def files_table(self, name: str | None = None) -> list[list[Any]]:
         """Rows of the files table: file, size, chunks, time added (UTC, seconds)."""
+        name = name or self.default
+        if not self.service.knowledge_bases.exists(name):
+            return []
         try:
             files = self.kb(name).files()
         except gr.Error:
