@@ -16,6 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from llm.base import ChatModel, GenerationError, GenerationParams, Message
+from llm.templates import neutralize_special_tokens, special_token_texts
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class HFChatModel(ChatModel):
         self.tokenizer = tokenizer
         self.name = name
         self.use_template = use_template
+        self._specials: list[str] | None = None  # special-token texts, read on first use
         self.chat_template = chat_template
         self.is_demo = is_demo
         self.stream_timeout = stream_timeout
@@ -155,12 +157,16 @@ class HFChatModel(ChatModel):
             messages: the conversation, oldest first, ending with the user's turn.
 
         Returns:
-            The prompt text, special tokens written out (e.g. ``<|im_start|>``).
+            The prompt text, special tokens written out (e.g. ``<|im_start|>``). Special
+            tokens typed inside a message are neutralised first
+            (:func:`llm.templates.neutralize_special_tokens`).
         """
         if not self.use_template:
             return "\n".join(m["content"] for m in messages if m["role"] != "system")
+        if self._specials is None:
+            self._specials = special_token_texts(self.tokenizer)
         return self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages],
+            [dict(m, content=neutralize_special_tokens(m["content"], self._specials)) for m in messages],
             chat_template=self.chat_template,
             add_generation_prompt=True,
             tokenize=False,

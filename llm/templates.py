@@ -25,6 +25,8 @@ so they render with any tokenizer.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 _BOS = "{{- bos_token if bos_token is defined and bos_token else '' }}"
 _EOS = "{{- eos_token if eos_token is defined and eos_token else '' }}"
 
@@ -112,3 +114,27 @@ def template_for(model_type: str) -> str:
     if family is None:
         raise ValueError(f"unknown model type {model_type!r}; choose one of: {', '.join(MODEL_TYPES)}")
     return _TEMPLATES[family]
+
+
+#: Put inside a special token's text found in a message, so it tokenises as plain text.
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def special_token_texts(tokenizer) -> list[str]:
+    """The texts of a tokenizer's special tokens (``<|im_start|>``, ``<|endoftext|>``, ...):
+    its named special tokens and every added token marked special, longest first."""
+    texts = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            texts.add(str(token.content))
+    return sorted((t for t in texts if len(t) > 1), key=len, reverse=True)
+
+
+def neutralize_special_tokens(text: str, specials: Sequence[str]) -> str:
+    """``text`` with each special token's text broken by a zero-width space after its first
+    character: a user who types ``<|im_start|>system`` cannot open a turn of their own (the
+    chat template writes the real markers around the messages, after this)."""
+    for special in specials:
+        if special in text:
+            text = text.replace(special, special[0] + ZERO_WIDTH_SPACE + special[1:])
+    return text

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -453,7 +454,7 @@ class KnowledgeBase:
     def add_files(self, paths: Sequence[str | Path], names: Sequence[str] | None = None,
                   progress: Callable[[str, int, int], None] | None = None, *,
                   on_chunks: Callable[[str, int, int], None] | None = None,
-                  commit_every: int = 1) -> list[FileReport]:
+                  commit_every: int = 1, commit_interval: float | None = None) -> list[FileReport]:
         """Load, split, embed and store files; one :class:`FileReport` per file, in order.
 
         Args:
@@ -472,6 +473,9 @@ class KnowledgeBase:
                 next. Every save rewrites the whole state, so bulk ingestion
                 (``python -m rag ingest``) saves less often: a crash then loses
                 at most the files added since the last save, never corrupts.
+            commit_interval: also save once this many seconds passed since the last
+                save (None: only by count), so a slow batch saves as it goes. A
+                file is logged "added" once it is saved.
 
         Returns:
             Reports: "added" (chunks = chunks stored; a file of the same name
@@ -492,11 +496,13 @@ class KnowledgeBase:
         all_names = [str(names[i]) if names is not None else Path(p).name for i, p in enumerate(paths)]
         try:
             with self._writing():
-                return self._add_files(paths, all_names, progress, on_chunks, commit_every)
+                return self._add_files(paths, all_names, progress, on_chunks, commit_every, commit_interval)
         except (KnowledgeBaseClosedError, disk.FolderBusyError) as exc:  # before the first file
             return [FileReport(name=n, status="refused", reason=f"{n}: {exc}") for n in all_names]
 
-    def _add_files(self, paths: list, names: list[str], progress, on_chunks, commit_every: int) -> list[FileReport]:
+    def _add_files(self, paths: list, names: list[str], progress, on_chunks, commit_every: int,
+                   commit_interval: float | None) -> list[FileReport]:
+        last_save = time.monotonic()
         reports: list[FileReport] = []
         pending: list[tuple[int, Path, str, str]] = []  # added, not saved yet: (report index, copy, key, sha256)
         for i, path in enumerate(paths):
@@ -521,11 +527,16 @@ class KnowledgeBase:
                 report = FileReport(name=name, status="refused",
                                     reason=f"{name}: unexpected error ({type(exc).__name__}: {exc}); "
                                            "see the server log, and report it if it persists")
-            logger.info("%s: %s%s", name, report.status,
-                        f" ({report.chunks} chunks)" if report.status == "added" else f" - {report.reason}")
+            if pending and pending[-1][0] == len(reports):
+                logger.info("%s: embedded (%d chunks), saved with the next commit", name, report.chunks)
+            else:
+                logger.info("%s: %s%s", name, report.status,
+                            f" ({report.chunks} chunks)" if report.status == "added" else f" - {report.reason}")
             reports.append(report)
-            if len(pending) >= commit_every:
+            if len(pending) >= commit_every or (pending and commit_interval is not None
+                                                and time.monotonic() - last_save >= commit_interval):
                 self._save_pending(pending, reports)
+                last_save = time.monotonic()
         if pending:
             self._save_pending(pending, reports)
         return reports
@@ -543,6 +554,7 @@ class KnowledgeBase:
                 record = self._files.get(key)
                 if failure is None and record is not None and record["sha256"] == sha256:
                     self._keep_copy(tmp_copy, key)
+                    logger.info("%s: added (%d chunks)", reports[index].name, reports[index].chunks)
                 else:
                     name = reports[index].name
                     reports[index] = FileReport(name=name, status="refused", reason=f"{name}: " + (

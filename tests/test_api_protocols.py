@@ -339,11 +339,32 @@ def test_token_required_everywhere_when_configured(make_client):
 
 
 def test_browser_token_in_query_sets_a_cookie(make_client):
+    """Issue 16, item 7: the token leaves the address bar (303 without it), the cookie holds
+    a session value, not the token, expires, and is Secure behind TLS."""
     client = make_client(api_token="s3cret")
-    r = client.get("/?token=s3cret")
-    assert r.status_code == 200
-    assert "chatllm_token=s3cret" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
+    r = client.get("/?token=s3cret&lang=zh", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/?lang=zh"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "Max-Age=" in cookie and "s3cret" not in cookie and "Secure" not in cookie
     assert client.get("/v1/models").status_code == 200, "the cookie authorises later requests"
+    assert client.get("/", headers={"accept": "text/html"}).status_code == 200
+    client.cookies.clear()
+    behind_tls = client.get("/?token=s3cret", headers={"x-forwarded-proto": "https"}, follow_redirects=False)
+    assert "Secure" in behind_tls.headers["set-cookie"]
+    client.cookies.clear()
+    client.cookies.set("chatllm_session", "forged")
+    assert client.get("/v1/models").status_code == 401
+
+
+def test_token_is_masked_in_the_access_log():
+    import logging
+
+    from webui.auth import MaskTokenFilter
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", "/?token=s3cret&x=1", "1.1", 303), None)
+    MaskTokenFilter().filter(record)
+    assert "s3cret" not in record.getMessage() and "token=***&x=1" in record.getMessage()
 
 
 def test_api_only_serves_no_page(make_client):

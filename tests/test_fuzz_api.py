@@ -36,6 +36,13 @@ from .conftest import FakeChatModel  # noqa: E402
 from .reliability_utils import make_service  # noqa: E402
 
 EXAMPLES = 25  # per operation and mode: 10 operations x 2 modes x 25 = 500 requests, a few seconds
+#: The knowledge routes and POST / get far more (issue 16: at least 1,000 cases per route
+#: over the two modes; Hypothesis stops early when it runs out of distinct cases).
+#: Routes whose only inputs are path strings have no negative cases: they get 1,000 positive ones.
+HEAVY = {"POST /": 600, "POST /v1/knowledge/{kb}/search": 600, "GET /v1/knowledge/{kb}/files": 1000,
+         "DELETE /v1/knowledge/{kb}/files/{name}": 1000, "DELETE /v1/knowledge/{kb}": 1000,
+         "POST /v1/knowledge/{kb}/files": 500}
+WS_EXAMPLES = 1000
 CHECKS = [not_a_server_error, openapi_checks.status_code_conformance, openapi_checks.content_type_conformance,
           openapi_checks.response_schema_conformance, openapi_checks.response_headers_conformance]
 NEGATIVE_CHECKS = CHECKS + [openapi_checks.negative_data_rejection]
@@ -59,17 +66,19 @@ def test_api_from_its_openapi_schema(tmp_path, mode, capsys):
             assert mode == "negative", op.label
     with capsys.disabled():
         print(f"\nschemathesis {mode}: {sum(ran.values())} requests over {len(ran)} operations, "
-              f"{len(failures)} failure(s)")
+              f"{len(failures)} failure(s); per operation: {ran}")
     assert ran.get("POST /", 0) >= EXAMPLES // 2 and ran.get("POST /v1/chat/completions", 0) >= EXAMPLES // 2
     assert not failures, "\n\n".join(failures[:5])
+    for label, wanted in HEAVY.items():
+        assert label not in ran or ran[label] >= wanted * 0.9, (label, ran[label], "Hypothesis ran out of cases")
     assert app.state.gate.stats()["active"] == 0, "every request gave its queue place back"
 
 
 def fuzz(op, mode: str, checks: list, ran: dict[str, int], failures: list[str]) -> None:
-    """Send ``EXAMPLES`` generated requests to ``op``; count them in ``ran``, collect failures."""
+    """Send ``EXAMPLES`` (``HEAVY``) generated requests to ``op``; count them in ``ran``, collect failures."""
 
     @given(case=op.as_strategy(generation_mode=schemathesis.GenerationMode(mode)))
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=HEAVY.get(op.label, EXAMPLES), deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def run(case):
         ran[op.label] = ran.get(op.label, 0) + 1
@@ -79,3 +88,45 @@ def fuzz(op, mode: str, checks: list, ran: dict[str, int], failures: list[str]) 
             failures.append(f"{op.label}: {exc}")
 
     run()
+
+
+def test_websocket_survives_any_frame(tmp_path):
+    """The PAI-EAS WebSocket under 1,000 generated frames (JSON objects with wrong types,
+    nested values, huge numbers, lone surrogates, non-JSON text, binary): each gets a reply
+    or ``{"error"}`` and then ``<EOS>``, and the connection stays open for the next."""
+    import json
+
+    from fastapi.testclient import TestClient
+    from hypothesis import strategies as st
+
+    app = create_app(make_service(FakeChatModel("ok"), tmp_path, api_only=True))
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(max_size=10), inner, max_size=4), max_leaves=12)
+    fields = st.sampled_from(["prompt", "history", "max_new_tokens", "temperature", "top_k", "top_p",
+                              "use_stream_chat", "langchain", "stop", "knowledge_base", "score_threshold",
+                              "retrieval_top_k", "system_prompt", "do_sample"])
+    requests = st.dictionaries(fields, values, max_size=6).map(lambda d: json.dumps(d))
+    frames = (requests | st.text(max_size=60) | st.binary(max_size=60)
+              | st.integers(min_value=1, max_value=200).map(lambda n: "[" * n * 50 + "]" * n * 50))
+    counts = {"frames": 0, "errors": 0}
+    with TestClient(app) as client, client.websocket_connect("/") as ws:
+
+        @given(frame=frames)
+        @settings(max_examples=WS_EXAMPLES, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def run(frame):
+            counts["frames"] += 1
+            ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_text(frame)
+            replies = []
+            while (message := ws.receive_text()) != "<EOS>":
+                replies.append(json.loads(message))
+            assert replies, "every frame gets a reply"
+            counts["errors"] += "error" in replies[-1]
+            assert "error" in replies[-1] or isinstance(replies[-1].get("response"), str)
+
+        run()
+        ws.send_text(json.dumps({"prompt": "still there?"}))
+        assert json.loads(ws.receive_text())["response"] == "ok"
+    assert counts["frames"] >= WS_EXAMPLES * 0.9 and counts["errors"] > 0
+    assert app.state.gate.stats()["active"] == 0

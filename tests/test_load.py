@@ -202,7 +202,7 @@ def test_beyond_max_queue_the_api_answers_503_with_retry_after(tmp_path):
         model.release.set()
         for t in admitted:
             t.join(60)
-        assert outcomes["pai"][-1]["response"] == "done"
+        assert "".join(p["response"] for p in outcomes["pai"]) == "done" == outcomes["pai"][-1]["history"][-1][1]
         assert outcomes["openai"]["choices"][0]["message"]["content"] == "done"
         assert outcomes["ws"]["response"] == "done"
         wait_until(lambda: gate.stats()["active"] == 0, what="the places to be given back")

@@ -27,6 +27,9 @@ ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"m
 #: API uploads save the knowledge base after this many added files (and at the end): each
 #: save rewrites the whole state, so saving after every file made 1,000 tiny files take 260 s.
 UPLOAD_COMMIT_EVERY = 50
+#: ... and at least this often (seconds), so a slow batch (large PDFs, OCR) is saved as it goes
+#: and a crash loses at most the files of the last few seconds.
+UPLOAD_COMMIT_INTERVAL_S = 2.0
 _COPY_BLOCK = 1 << 20
 #: Where uploads wait while they are ingested: inside the knowledge folder (not /tmp), so
 #: what a killed server left there is found and removed at the next start
@@ -91,7 +94,7 @@ async def upload_files(kb: str, files: list[UploadFile] = File(..., description=
                        limiter: WorkLimiter = Depends(_limiter)) -> UploadReply:
     """Add files (multipart, field ``files`` repeated) to knowledge base ``kb``, created by the first
     upload that adds a file (one whose files are all refused creates nothing). One report per file,
-    in order; a refused file never stops the others. Saved every 50 files and at the end."""
+    in order; a refused file never stops the others. Saved every 50 files or 2 s, and at the end."""
     try:
         check_name(kb)
     except InvalidKnowledgeBaseName as exc:
@@ -127,7 +130,7 @@ def _add(service: ChatService, limiter: WorkLimiter, kb: str, to_add: list[tuple
         existed = service.knowledge_bases.exists(kb)
         base = _kb(service, kb, create=True)
         reports = base.add_files([p for _, p, _ in to_add], [n for _, _, n in to_add],
-                                 commit_every=UPLOAD_COMMIT_EVERY)
+                                 commit_every=UPLOAD_COMMIT_EVERY, commit_interval=UPLOAD_COMMIT_INTERVAL_S)
         if not existed and not any(r.status == "added" for r in reports):
             try:
                 service.knowledge_bases.discard_if_empty(kb)

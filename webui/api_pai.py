@@ -8,10 +8,12 @@ on the WebSocket each message is one request and the answer ends with ``<EOS>``.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from typing import Any, AsyncIterator, Iterator
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
@@ -135,22 +137,30 @@ def _reply(req: PaiChatRequest, answer: str, sources: list[Source] | None, delta
     return out.model_dump(exclude_none=True)
 
 
+def _partial_reply(req: PaiChatRequest, answer: str, delta: str, sources: list[Source] | None) -> dict:
+    """A streamed reply before the last: ``history`` holds only the round so far, not the
+    earlier rounds again (repeating them in every chunk turned a 1.1 MB request into a
+    428 MB reply); the last reply carries the whole history."""
+    return PaiChatResponse(response=delta, history=[(req.prompt, answer)], sources=sources).model_dump(
+        exclude_none=True)
+
+
 async def stream_replies(req: PaiChatRequest, sources: list[Source] | None, pieces: Iterator[str],
                          interval: float = 0.0) -> AsyncIterator[dict]:
     """Reply dicts as the answer grows: ``response`` = the text generated since the previous
-    reply (at most one reply per ``interval`` seconds, the first at once), ``history`` with
-    the round so far. A failure mid-stream ends it with a reply carrying ``error``.
-    Closing it stops the model."""
+    reply (at most one reply per ``interval`` seconds, the first at once); ``history`` holds
+    the round so far in every reply but the last, which holds the whole history with the
+    new round (and has ``response`` "" : it only closes the stream). A failure mid-stream
+    ends it with a reply carrying ``error``. Closing it stops the model."""
     answer = ""
     first = True
     try:
         async with aclosing(coalesced_text(pieces, interval)) as texts:
             async for text in texts:
                 answer += text
-                yield _reply(req, answer, sources if first else None, delta=text)
+                yield _partial_reply(req, answer, text, sources if first else None)
                 first = False
-        if first:  # nothing generated: still one reply, so the client sees the round
-            yield _reply(req, answer, sources, delta="")
+        yield _reply(req, answer, sources if first else None, delta="")
     except Exception as exc:  # noqa: BLE001 - the status is sent already; report in-band
         log.exception("generation failed")
         yield {**_reply(req, answer, None, delta="", history=list(req.history)),
@@ -198,6 +208,42 @@ async def pai_chat(request: Request, service: ChatService = Depends(get_service)
             release()
 
 
+def origin_allowed(ws: WebSocket) -> bool:
+    """A browser's WebSocket must come from a page of this server (``Origin`` naming the
+    address it connects to); clients that send no ``Origin`` (scripts, SDKs) are let in.
+    Stops another web site from using a logged-in browser, or a DNS-rebinding page, to chat."""
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == (ws.headers.get("host") or "").lower()
+
+
+async def _read_frames(ws: WebSocket, frames: asyncio.Queue) -> None:
+    """Move every frame of the connection into ``frames`` (the disconnect last), so the
+    server hears a client leave while it is still answering."""
+    while True:
+        frame = await ws.receive()
+        await frames.put(frame)
+        if frame["type"] == "websocket.disconnect":
+            return
+
+
+async def _answer(ws: WebSocket, req: PaiChatRequest, sources, pieces, interval: float) -> dict:
+    """Send the answer to ``req`` (streamed replies, or one reply): the last reply dict."""
+    async with aclosing(stream_replies(req, sources, pieces, interval)) as replies:
+        if req.use_stream_chat:
+            last = {}
+            async for last in replies:
+                await ws.send_text(json.dumps(last, ensure_ascii=False))
+            return last
+        collected = [r async for r in replies]
+        last = dict(collected[-1])
+        if "error" not in last:
+            last = {**last, "response": "".join(r["response"] for r in collected)}
+        await ws.send_text(json.dumps(last, ensure_ascii=False))
+        return last
+
+
 @router.websocket("/")
 async def pai_websocket(ws: WebSocket):
     """One conversation per connection: each message is a request (JSON as for
@@ -206,16 +252,25 @@ async def pai_websocket(ws: WebSocket):
     the connection's history (up to ``--max_round`` rounds) unless a request
     brings its own non-empty ``history``.  A bad request, or one beyond ``--max-queue``,
     gets ``{"error", "param"}`` (with ``retry_after`` seconds when busy), then ``<EOS>``;
-    the connection stays open."""
+    the connection stays open. A client that leaves mid-answer stops the generation at
+    once, streamed or not. A browser connecting from another site's page (``Origin``) is
+    refused (close code 1008)."""
     service: ChatService = ws.app.state.service
     gate: AdmissionGate = ws.app.state.gate
+    if not origin_allowed(ws):
+        log.warning("refused a WebSocket from origin %r (this server is %r)", ws.headers.get("origin"),
+                    ws.headers.get("host"))
+        await ws.close(code=1008, reason="cross-origin WebSocket refused")
+        return
     await ws.accept()
     history: list[tuple[str, str]] = []
+    frames: asyncio.Queue = asyncio.Queue()
+    reader = asyncio.create_task(_read_frames(ws, frames))
     try:
         while True:
-            frame = await ws.receive()
+            frame = await frames.get()
             if frame["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(frame.get("code", 1000))
+                return
             # a text frame, or a binary one holding UTF-8 (parse_request says so when it does not)
             message = frame["text"] if frame.get("text") is not None else frame.get("bytes") or b""
             release = None
@@ -232,22 +287,24 @@ async def pai_websocket(ws: WebSocket):
                 await ws.send_json({"error": exc.message, "param": exc.param, **extra})
                 await ws.send_text(EOS)
                 continue
+            work = asyncio.create_task(_answer(ws, req, sources, pieces, service.settings.stream_interval))
             try:
-                async with aclosing(stream_replies(req, sources, pieces, service.settings.stream_interval)) as replies:
-                    if req.use_stream_chat:
-                        last = {}
-                        async for last in replies:
-                            await ws.send_text(json.dumps(last, ensure_ascii=False))
-                    else:
-                        collected = [r async for r in replies]
-                        last = dict(collected[-1])
-                        if "error" not in last:
-                            last = {**last, "response": "".join(r["response"] for r in collected)}
-                        await ws.send_text(json.dumps(last, ensure_ascii=False))
+                await asyncio.wait({work, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():  # the client left mid-answer: stop generating now
+                    log.info("WebSocket client went away mid-answer: generation stopped")
+                    work.cancel()
+                    with suppress(asyncio.CancelledError, Exception):
+                        await work
+                    return
+                last = work.result()
             finally:
                 release()
             if "error" not in last:
                 history = trim_history([tuple(h) for h in last["history"]], service.settings.max_round)
             await ws.send_text(EOS)
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, RuntimeError):  # sending to a client that has just gone
         return
+    finally:
+        reader.cancel()
+        with suppress(asyncio.CancelledError, Exception):
+            await reader

@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 import gradio as gr
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from . import api_knowledge, api_openai, api_pai
 from .api_common import AdmissionGate, ApiError, WorkLimiter, error_response
 from .auth import TokenAuthMiddleware
+from .limits import BodyLimitMiddleware
 from .services import ChatService
 from .ui import build_blocks
 
@@ -98,12 +100,12 @@ def _answer_unknown_api_paths(app: FastAPI) -> None:
     @app.api_route("/v1/{rest:path}", methods=methods, include_in_schema=False)
     async def unknown_api_path(request: Request, rest: str):
         allowed = set()
-        for route in app.router.routes:
-            if getattr(route, "endpoint", None) is unknown_api_path:
-                continue
-            match, _ = route.matches(request.scope)
-            if match == Match.PARTIAL:  # the path matches, the method does not
-                allowed |= set(getattr(route, "methods", None) or ())
+        routes = [r for r in app.router.routes
+                  if getattr(r, "endpoint", None) is not unknown_api_path and not isinstance(r, Mount)]
+        for method in methods:  # which methods another route takes on this path
+            probe = {**request.scope, "method": method}
+            if any(route.matches(probe)[0] == Match.FULL for route in routes):
+                allowed.add(method)
         if allowed:
             return error_response(405, f"{request.method} is not allowed on {request.url.path}: use "
                                        f"{', '.join(sorted(allowed))} (see /docs)",
@@ -161,7 +163,11 @@ def create_app(service: ChatService) -> FastAPI:
         _document_openai_validation_status(app)
         _answer_unknown_api_paths(app)
         api_knowledge.clear_stale_uploads(settings.knowledge_dir)
-    if settings.api_token:
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.max_request_mb * (1 << 20)))
+    # No cross-origin reads: with a CORSMiddleware of ours, Gradio leaves CORS to it (its own
+    # would give any http://localhost:* page credentialed access to a server on localhost).
+    app.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
+    if settings.api_token:  # added last, so it runs first: no body is read for a client without the token
         app.add_middleware(TokenAuthMiddleware, token=settings.api_token)
     if settings.api_only:
         return app

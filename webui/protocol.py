@@ -43,6 +43,18 @@ def check_unicode(text: str) -> str:
     return text
 
 
+def _NULLABLE_LIST(schema: dict) -> None:
+    """JSON schema: the field may also be null (the protocol's clients send null for 'not given')."""
+    if "anyOf" not in schema:
+        schema["anyOf"] = [{k: schema.pop(k) for k in ("type", "items", "maxItems") if k in schema},
+                           {"type": "null"}]
+
+
+def _STOP_SCHEMA(schema: dict) -> None:
+    """JSON schema of ``stop``: a list of strings, one string, or null."""
+    schema.setdefault("anyOf", []).append({"type": "string"})
+
+
 class PaiChatRequest(BaseModel):
     """One ChatLLM request (``POST /`` body, or one WebSocket message).
 
@@ -57,7 +69,8 @@ class PaiChatRequest(BaseModel):
     prompt: str = Field(min_length=1, description="the user's message")
     system_prompt: str | None = None
     history: list[tuple[str, str]] = Field(default_factory=list, max_length=MAX_HISTORY_ROUNDS,
-                                           description="earlier rounds as [user, assistant] pairs")
+                                           description="earlier rounds as [user, assistant] pairs (null: none)",
+                                           json_schema_extra=_NULLABLE_LIST)
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
@@ -66,7 +79,8 @@ class PaiChatRequest(BaseModel):
     use_cache: bool | None = Field(None, description="accepted for compatibility; the KV cache is always used")
     use_stream_chat: bool = False
     langchain: bool = False
-    stop: list[str] | None = None
+    stop: list[str] | None = Field(None, description="strings that end the answer (one string is taken as [it])",
+                                   json_schema_extra=_STOP_SCHEMA)
     knowledge_base: str | None = Field(None, description="knowledge base for langchain mode")
     retrieval_top_k: int | None = Field(None, ge=1, le=100, description="chunks retrieved in langchain mode")
     score_threshold: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False)
@@ -78,6 +92,15 @@ class PaiChatRequest(BaseModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None}
         return data
+
+    @field_validator("max_new_tokens", "temperature", "top_k", "top_p", "retrieval_top_k", "score_threshold",
+                     mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any) -> Any:
+        # pydantic's lax mode reads true/false as 1/0; a boolean here is a client's mistake
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not true/false")
+        return v
 
     @field_validator("stop", mode="before")
     @classmethod

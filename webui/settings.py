@@ -55,6 +55,8 @@ class Settings:
     no_api: bool = False
     api_token: str | None = None
     max_upload_mb: int = 100
+    #: Largest request body but uploads, in MB: a prompt of a 128k-token context is well under 1 MB.
+    max_request_mb: float = 2.0
     max_queue: int = 64
     stream_interval_ms: int = 10
     max_new_tokens: int = 1024
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="require this token (header 'Authorization: TOKEN' or 'Bearer TOKEN'; in a browser "
           "/?token=TOKEN once) on the page, the API and the WebSocket; default $CHATLLM_API_TOKEN")
     _flag(g, "max-upload-mb", type=int, default=d.max_upload_mb, help="largest file accepted by an upload, in MB")
+    _flag(g, "max-request-mb", type=float, default=d.max_request_mb,
+          help="largest request body other than file uploads, in MB; more gets 413")
     _flag(g, "max-queue", type=int, default=d.max_queue,
           help="most generation requests the API admits at once (running or waiting); more are answered 503 "
           "with Retry-After. The page's queue likewise holds at most this many waiting events (beyond the 4 "
@@ -242,6 +246,8 @@ def _check(parser: argparse.ArgumentParser, s: Settings) -> None:
         problems.append(f"--export-interval must be >= 1 second, got {s.export_interval}")
     if s.max_upload_mb < 1:
         problems.append(f"--max-upload-mb must be >= 1, got {s.max_upload_mb}")
+    if not s.max_request_mb > 0:
+        problems.append(f"--max-request-mb must be > 0, got {s.max_request_mb}")
     if not 0 < s.kv_cache_memory <= 1:
         problems.append(f"--kv-cache-memory must be in (0, 1], got {s.kv_cache_memory}")
     if s.llm_backend == "openai" and not s.llm_base_url:

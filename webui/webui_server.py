@@ -15,6 +15,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as a script: make the project's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 log = logging.getLogger("webui")
 
 
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from llm.base import ModelLoadError
     from rag.embeddings import EmbeddingLoadError
     from rag.store import EmbeddingMismatchError
-    from webui.auth import ENV_VAR
+    from webui.auth import ENV_VAR, access_log_config
     from webui.settings import parse_settings
 
     settings = parse_settings(argv)
@@ -117,14 +118,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from webui.app import create_app
 
     app = create_app(service)
-    if not settings.api_token and settings.host not in ("127.0.0.1", "localhost", "::1"):
+    if not settings.api_token and settings.host in LOOPBACK:
+        # no token on a loopback address: answer only requests addressed to it, so a web page
+        # cannot reach this server through DNS rebinding (a foreign Host header gets 400)
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["localhost", "127.0.0.1", "::1", "[::1]"])
+    if not settings.api_token and settings.host not in LOOPBACK:
         log.warning("serving on %s with no access token: anyone who can reach this port can use the model "
                     "and the knowledge bases; set --api-token or $%s", settings.host, ENV_VAR)
     log.info("serving http://%s:%d", "localhost" if settings.host in ("127.0.0.1", "localhost") else settings.host,
              settings.port)
     # Open streams (a browser's queue connection) get 5 s to end on shutdown, not forever.
+    # Connections beyond limit_concurrency get 503 at once instead of being held open (900 slow
+    # clients were); idle keep-alive connections close after 5 s (uvicorn's default).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, limit_concurrency=max(256, 4 * settings.max_queue),
+                access_log=True, log_config=access_log_config(settings.log_level))
     return 0
 
 
