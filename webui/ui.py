@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import gradio as gr
 
 from llm.base import GenerationParams
-from rag.loaders import SUPPORTED_EXTENSIONS
+from rag.loaders import SUPPORTED_EXTENSIONS, upload_label
 from rag.types import SearchResult
 
 from .services import QUERY_MODES, ChatService
@@ -247,7 +247,7 @@ def build_blocks(service: ChatService) -> gr.Blocks:
                 kb_status = gr.Markdown(h.kb_status(), elem_id="kb-status")
                 with gr.Row():
                     files = gr.File(file_count="multiple", file_types=list(SUPPORTED_EXTENSIONS),
-                                    label="Upload .txt / .md / .docx / .pdf", scale=3, elem_id="kb-files")
+                                    label=upload_label(), scale=3, elem_id="kb-files")
                     with gr.Column(scale=1):
                         ingest = gr.Button("Vectorstore knowledge", variant="primary", elem_id="kb-ingest")
                         with gr.Accordion("Retrieval settings", open=False):

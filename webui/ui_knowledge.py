@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import gradio as gr
 
+from rag.loaders.registry import describe_types
 from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase
 from rag.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseCorruptError
 from rag.types import FileReport
@@ -41,7 +42,7 @@ def format_report(reports: Sequence[FileReport]) -> str:
     """Markdown table of an upload batch: one row per file with status, chunks and reason
     ("skipped" = same name and content as a stored file; "added" replaces a changed one)."""
     if not reports:
-        return "No file uploaded: choose .txt, .md, .docx or .pdf files first."
+        return f"No file uploaded: choose {describe_types()} files first."
     icon = {"added": "✅", "skipped": "⏭️", "refused": "❌"}
     rows = ["| file | status | chunks added | reason |", "|---|---|---|---|"]
     for r in reports:
