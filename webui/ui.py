@@ -71,7 +71,8 @@ def format_sources(sources: Sequence[SearchResult], score_threshold: float | Non
         return f"**No relevant passage** in the knowledge base{limit}."
     lines = ["**Sources**", ""]
     for i, r in enumerate(sources, 1):
-        where = r.chunk.source + (f", page {r.chunk.page}" if r.chunk.page else "")
+        where = r.chunk.source + (f", page {r.chunk.page}" if r.chunk.page else "") + (
+            f", {r.chunk.metadata['location']}" if r.chunk.metadata.get("location") else "")
         snippet = " ".join(r.chunk.text.split())
         if len(snippet) > SNIPPET_CHARS:
             snippet = snippet[:SNIPPET_CHARS] + "…"

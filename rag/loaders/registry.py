@@ -40,6 +40,8 @@ FILE_TYPES: tuple[FileType, ...] = (
     FileType("Markdown", (".md",), "text", "charset-normalizer (encoding detection)"),
     FileType("Word", (".docx",), "word", "python-docx"),
     FileType("PDF", (".pdf",), "pdf", "pypdfium2, pypdf where it fails"),
+    FileType("Excel", (".xlsx", ".xls"), "spreadsheet", "openpyxl (.xlsx), xlrd (.xls)"),
+    FileType("CSV", (".csv",), "spreadsheet", "csv + charset-normalizer (encoding and delimiter detected)"),
 )
 
 #: Extension -> its :class:`FileType`.
