@@ -155,3 +155,64 @@ def test_xlsx_zip_bomb_is_refused(corpus, tmp_path):
     assert path.stat().st_size < 1024 * 1024
     with pytest.raises(DocumentLoadError, match=r"^bomb\.xlsx: refused as a possible zip bomb.*save it again"):
         load_file(path)
+
+
+# ------------------------------------------------------------ slide decks
+
+
+def test_pptx_one_document_per_slide_with_the_known_text(corpus):
+    from pptx import Presentation
+
+    docs = load_file(corpus / "office" / "test.pptx")
+    n_slides = len(Presentation(corpus / "office" / "test.pptx").slides)
+    assert [d.metadata["page"] for d in docs] == list(range(1, n_slides + 1))  # every slide has text here
+    by_page = {d.metadata["page"]: d.page_content for d in docs}
+    assert by_page[1].startswith("# AutoGen: Enabling Next-Gen LLM Applications via Multi-Agent Conversation\n")
+    assert by_page[1].count("AutoGen: Enabling Next-Gen") == 1  # the title once, not again as a shape
+    assert "2cdda5c8-e50e-4db4-b5f0-9722a649f455" in by_page[2]
+    assert "Image: The first page of the AutoGen ArXiv paper." in by_page[2]  # alternative text
+    assert "Chart: a3f6004b-6f4f-4ea8-bee3-3741f4dc385f" in by_page[4]
+
+
+def test_pptx_table_rows_stay_rows(corpus):
+    text = load_file(corpus / "office" / "test.pptx")[2].page_content
+    assert "| ColA | ColB | ColC | ColD | ColE | ColF |\n| --- |" in text
+    assert "| 7 | 8 | 9 | 1b92870d-e3b5-4e65-8153-919f4ff45592 | 11 | 12 |" in text.splitlines()
+
+
+def test_pptx_reading_order_and_notes(tmp_path):
+    from pptx import Presentation
+    from pptx.util import Inches
+
+    deck = Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[5])  # title only
+    slide.shapes.title.text = "Quarterly results"
+    # added bottom first: the stacking order is not the reading order
+    slide.shapes.add_textbox(Inches(1), Inches(5), Inches(4), Inches(1)).text_frame.text = "Bottom box"
+    slide.shapes.add_textbox(Inches(5), Inches(2), Inches(4), Inches(1)).text_frame.text = "Top right box"
+    slide.shapes.add_textbox(Inches(1), Inches(2), Inches(4), Inches(1)).text_frame.text = "Top left box"
+    slide.notes_slide.notes_text_frame.text = "Say that revenue grew 12 percent."
+    deck.slides.add_slide(deck.slide_layouts[6])  # blank slide: no Document
+    path = tmp_path / "results.pptx"
+    deck.save(path)
+    docs = load_file(path)
+    assert len(docs) == 1 and docs[0].metadata == {"source": "results.pptx", "page": 1}
+    text = docs[0].page_content
+    order = ["# Quarterly results", "Top left box", "Top right box", "Bottom box", "Notes: Say that revenue grew"]
+    assert [text.index(t) for t in order] == sorted(text.index(t) for t in order)
+
+
+def test_damaged_pptx_is_refused_naming_the_fix(corpus, tmp_path):
+    data = (corpus / "office" / "test.pptx").read_bytes()
+    for i, damaged in enumerate([os.urandom(4096), data[: len(data) // 2], (corpus / "office" / "test.xls").read_bytes()]):
+        path = tmp_path / f"{i}deck.pptx"
+        path.write_bytes(damaged)
+        with pytest.raises(DocumentLoadError, match=rf"^{i}deck\.pptx: not a readable PowerPoint .*save it again"):
+            load_file(path)
+
+
+def test_pptx_zip_bomb_is_refused(corpus, tmp_path):
+    path = tmp_path / "bomb.pptx"
+    path.write_bytes(zip_bomb(corpus / "office" / "test.pptx", "ppt/slides/slide1.xml"))
+    with pytest.raises(DocumentLoadError, match=r"^bomb\.pptx: refused as a possible zip bomb"):
+        load_file(path)

@@ -42,6 +42,7 @@ FILE_TYPES: tuple[FileType, ...] = (
     FileType("PDF", (".pdf",), "pdf", "pypdfium2, pypdf where it fails"),
     FileType("Excel", (".xlsx", ".xls"), "spreadsheet", "openpyxl (.xlsx), xlrd (.xls)"),
     FileType("CSV", (".csv",), "spreadsheet", "csv + charset-normalizer (encoding and delimiter detected)"),
+    FileType("PowerPoint", (".pptx",), "slides", "python-pptx"),
 )
 
 #: Extension -> its :class:`FileType`.
