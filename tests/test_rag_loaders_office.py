@@ -216,3 +216,56 @@ def test_pptx_zip_bomb_is_refused(corpus, tmp_path):
     path.write_bytes(zip_bomb(corpus / "office" / "test.pptx", "ppt/slides/slide1.xml"))
     with pytest.raises(DocumentLoadError, match=r"^bomb\.pptx: refused as a possible zip bomb"):
         load_file(path)
+
+
+# --------------------------------------------------------------- web pages
+
+
+def test_wikipedia_article_without_page_chrome(corpus):
+    docs = load_file(corpus / "office" / "test_wikipedia.html")
+    assert len(docs) == 1 and docs[0].metadata["title"] == "Microsoft - Wikipedia"
+    text = docs[0].page_content
+    assert "Microsoft entered the operating system (OS) business in 1980" in text
+    for chrome in ["move to sidebar", "154 languages", "You are encouraged to create an account", "<sup>"]:
+        assert chrome not in text
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings[:2] == ["# Microsoft", "## History"]
+
+
+def test_blog_post_text_and_title(corpus):
+    text = load_file(corpus / "office" / "test_blog.html")[0].page_content
+    assert text.startswith("# Does Model and Inference Parameter Matter in LLM Applications?")
+    assert "Is model selection irrelevant? What about inference parameters?" in text
+
+
+def test_html_encoding_comes_from_the_page(tmp_path):
+    body = ("DeepSpeed 是一个深度学习优化库，它使分布式训练变得简单、高效和有效。"
+            "安装方法：先安装 PyTorch，然后运行 pip install deepspeed。")
+    page = (f"<html><head><meta charset='gbk'><title>安装说明</title></head><body>"
+            f"<nav><a href='/'>首页</a> | <a href='/about'>关于我们</a></nav>"
+            f"<article><h1>安装说明</h1><p>{body * 3}</p><h2>常见问题</h2><p>如果遇到问题，请查看高级安装说明！"
+            f"这里有更多的解释和例子。</p></article><footer>版权所有 示例公司 保留所有权利</footer></body></html>")
+    path = tmp_path / "install.htm"
+    path.write_bytes(page.encode("gbk"))
+    text = load_file(path)[0].page_content
+    assert body in text and "## 常见问题" in text
+    assert "关于我们" not in text and "版权所有" not in text  # navigation and footer left out
+
+
+def test_web_page_over_the_size_limit_is_refused(tmp_path):
+    path = tmp_path / "huge.html"
+    with path.open("wb") as f:
+        f.write(b"<html><body>")
+        for _ in range(50):
+            f.write(b"<p>" + b"word " * 209_715 + b"</p>")  # 50 MB in all
+        f.write(b"</body></html>")
+    with pytest.raises(DocumentLoadError, match=r"^huge\.html: the web page is 50 MB \(limit 10 MB\); save only"):
+        load_file(path)
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), b"<html><head><script>app()</script></head><body></body></html>"])
+def test_html_without_article_text_is_refused(tmp_path, content):
+    path = tmp_path / "page.html"
+    path.write_bytes(content)
+    with pytest.raises(DocumentLoadError, match=r"^page\.html: (not an HTML page|not a readable|no article text)"):
+        load_file(path)

@@ -43,6 +43,7 @@ FILE_TYPES: tuple[FileType, ...] = (
     FileType("Excel", (".xlsx", ".xls"), "spreadsheet", "openpyxl (.xlsx), xlrd (.xls)"),
     FileType("CSV", (".csv",), "spreadsheet", "csv + charset-normalizer (encoding and delimiter detected)"),
     FileType("PowerPoint", (".pptx",), "slides", "python-pptx"),
+    FileType("web page", (".html", ".htm"), "web", "trafilatura (the article without the page's chrome)"),
 )
 
 #: Extension -> its :class:`FileType`.
