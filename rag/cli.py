@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from .embeddings import DEFAULT_EMBEDDING_MODEL, EmbeddingLoadError, load_embedder
-from .loaders import SUPPORTED_EXTENSIONS
+from .loaders import OCR_MODES, SUPPORTED_EXTENSIONS, configure
 from .persistence import safe_file_name
 from .registry import (InvalidKnowledgeBaseName, KnowledgeBaseRegistry, UnknownKnowledgeBase, check_name,
                        knowledge_base_exists, knowledge_base_names)
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ingest", parents=[common, kb_flag, chunking, progress],
                        help="add files (folders walked recursively) to a knowledge base")
     s.add_argument("paths", nargs="+", metavar="PATH", help=f"files or folders ({', '.join(SUPPORTED_EXTENSIONS)})")
+    s.add_argument("--ocr", choices=OCR_MODES, default="auto",
+                   help="auto: images and PDF pages without a text layer are read by OCR; off: they are refused "
+                   "(default: %(default)s)")
     s.add_argument("--commit-every", type=int, default=BULK_COMMIT_EVERY, metavar="N",
                    help="save the knowledge base after every N added files (default: %(default)s; each save rewrites "
                    "it whole, a crash loses at most the files since the last save)")
@@ -227,6 +230,7 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.commit_every < 1:
         raise CliError(f"--commit-every must be >= 1, got {args.commit_every}")
+    configure(ocr=args.ocr)
     files, refused = collect_files(args.paths)
     kb = _open_kb(args, create=True)
     disable = True if args.no_progress else None  # None: tqdm shows bars on a terminal only

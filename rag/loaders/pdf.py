@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 
 from langchain_core.documents import Document
@@ -31,6 +32,9 @@ def load(path: Path, name: str, options: LoadOptions) -> list[Document]:
     pypdf loses (docs/benchmarks.md, "PDF parsing"). pypdf reads the PDF instead when
     pypdfium2 cannot open it (a damaged file pypdf may still repair), finds no text in
     it, or finds right-to-left script (see :data:`_RTL_TEXT`).
+
+    Pages without a text layer (scans) are read by OCR (:func:`_ocr_pages`, ``metadata["ocr"]
+    = True``) unless ``options.ocr`` is "off"; a page with a text layer never is.
     """
     with path.open("rb") as f:
         head = f.read(1024)
@@ -45,14 +49,67 @@ def load(path: Path, name: str, options: LoadOptions) -> list[Document]:
     if pages is None or not any(text.strip() for _, text in pages):
         pages = _pypdf_pages(path, name)
 
-    docs = [Document(page_content=text, metadata={"source": name, "page": number})
-            for number, text in pages if text.strip()]
+    blank = [number for number, text in pages if not text.strip()]
+    ocr_text = _ocr_pages(path, name, blank) if blank and options.ocr == "auto" else {}
+    docs = []
+    for number, text in pages:
+        if text.strip():
+            docs.append(Document(page_content=text, metadata={"source": name, "page": number}))
+        elif ocr_text.get(number, "").strip():
+            docs.append(Document(page_content=ocr_text[number], metadata={"source": name, "page": number, "ocr": True}))
     if not docs:
-        raise DocumentLoadError(
-            f"{name}: the PDF has no text layer ({len(pages)} page(s), e.g. a scan); "
-            "run OCR on it (e.g. ocrmypdf) and upload the result"
-        )
+        how = ("OCR found no text on them either; run OCR on it with another tool (e.g. ocrmypdf) or scan it "
+               "again at 300 dpi, and upload the result" if options.ocr == "auto" else
+               "OCR is off on this server (--ocr off); start it with --ocr auto, or run OCR on it "
+               "(e.g. ocrmypdf) and upload the result")
+        raise DocumentLoadError(f"{name}: the PDF has no text layer ({len(pages)} page(s), e.g. a scan) and {how}")
+    if blank and options.ocr == "off":
+        logger.info("%s: %d page(s) without a text layer skipped (--ocr off)", name, len(blank))
     return docs
+
+
+#: Most pages without a text layer OCR-ed in one PDF: OCR takes several seconds a page on
+#: this 2-core machine (docs/benchmarks.md, "OCR"), so 300 pages are about half an hour.
+MAX_OCR_PAGES = 300
+
+
+def _ocr_pages(path: Path, name: str, numbers: list[int]) -> dict[int, str]:
+    """OCR text of the given 1-based pages (rendered by pypdfium2 at up to OCR_MAX_SIDE pixels);
+    {} when PDFium cannot open the file (pypdf read its text instead).
+
+    Raises:
+        DocumentLoadError: more than :data:`MAX_OCR_PAGES` pages would need OCR.
+    """
+    import pypdfium2
+    from langchain_community.document_loaders.parsers.pdf import PyPDFium2Parser
+
+    from . import ocr
+
+    if len(numbers) > MAX_OCR_PAGES:
+        raise DocumentLoadError(
+            f"{name}: {len(numbers)} pages have no text layer and would need OCR (limit {MAX_OCR_PAGES} pages "
+            "a file); split the PDF into smaller files, or run OCR on it first (e.g. ocrmypdf), and upload those")
+    lock = getattr(PyPDFium2Parser, "_lock", None) or _RENDER_LOCK  # PDFium is not thread-safe
+    out = {}
+    try:
+        for number in numbers:
+            with lock:
+                document = pypdfium2.PdfDocument(str(path))
+                try:
+                    page = document[number - 1]
+                    width, height = page.get_size()  # points (1/72 inch)
+                    scale = min(ocr.OCR_MAX_SIDE / max(width, height, 1.0), 300 / 72)
+                    image = page.render(scale=scale).to_pil()
+                finally:
+                    document.close()
+            out[number] = ocr.ocr_image(image)
+            logger.info("%s: page %d read by OCR (%d characters)", name, number, len(out[number]))
+    except pypdfium2.PdfiumError as exc:
+        logger.warning("%s: pages without a text layer cannot be rendered for OCR (%s)", name, exc)
+    return out
+
+
+_RENDER_LOCK = threading.Lock()
 
 
 def _pdfium_pages(path: Path, name: str) -> list[tuple[int, str]] | None:

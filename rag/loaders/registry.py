@@ -39,11 +39,12 @@ FILE_TYPES: tuple[FileType, ...] = (
     FileType("text", (".txt",), "text", "charset-normalizer (encoding detection)"),
     FileType("Markdown", (".md",), "text", "charset-normalizer (encoding detection)"),
     FileType("Word", (".docx",), "word", "python-docx"),
-    FileType("PDF", (".pdf",), "pdf", "pypdfium2, pypdf where it fails"),
+    FileType("PDF", (".pdf",), "pdf", "pypdfium2, pypdf where it fails; pages without a text layer by OCR"),
     FileType("Excel", (".xlsx", ".xls"), "spreadsheet", "openpyxl (.xlsx), xlrd (.xls)"),
     FileType("CSV", (".csv",), "spreadsheet", "csv + charset-normalizer (encoding and delimiter detected)"),
     FileType("PowerPoint", (".pptx",), "slides", "python-pptx"),
     FileType("web page", (".html", ".htm"), "web", "trafilatura (the article without the page's chrome)"),
+    FileType("image", (".png", ".jpg", ".jpeg"), "image", "OCR: RapidOCR (PP-OCRv4 Chinese/English, ONNX Runtime)"),
 )
 
 #: Extension -> its :class:`FileType`.
