@@ -197,20 +197,33 @@ def _xlsx_rows(ws, name: str) -> Iterator[tuple[int, list[str]]]:
 def _xls_sheets(path: Path, name: str) -> list[tuple[str, Iterator[tuple[int, list[str]]]]]:
     import xlrd
 
-    try:
-        book = xlrd.open_workbook(str(path), on_demand=True)
-    except Exception as exc:  # XLRDError, CompDocError, ...
-        raise DocumentLoadError(
+    def refusal(exc: Exception) -> DocumentLoadError:
+        return DocumentLoadError(
             f"{name}: not a readable Excel 97-2003 .xls file ({type(exc).__name__}: {exc}); if it is "
             "password-protected remove the password, otherwise save it as .xlsx in Excel/LibreOffice "
-            "and upload that") from exc
-    sheets = []
-    for index in range(book.nsheets):
-        sheet = book.sheet_by_index(index)
+            "and upload that")
+
+    try:
+        # xlrd writes its warnings about damaged files to logfile (stdout by default)
+        book = xlrd.open_workbook(str(path), logfile=io.StringIO())
+        sheets = [book.sheet_by_index(i) for i in range(book.nsheets)]
+    except Exception as exc:  # XLRDError, CompDocError, KeyError, struct.error ... on damaged files
+        raise refusal(exc) from exc
+    out = []
+    for sheet in sheets:
         if sheet.nrows > MAX_ROWS:
             raise too_big(name, f"{sheet.nrows:,} rows in sheet {sheet.name!r}")
-        sheets.append((sheet.name, _xls_rows(sheet, book.datemode)))
-    return sheets
+        out.append((sheet.name, _guarded(_xls_rows(sheet, book.datemode), refusal)))
+    return out
+
+
+def _guarded(rows: Iterator[tuple[int, list[str]]], refusal) -> Iterator[tuple[int, list[str]]]:
+    try:
+        yield from rows
+    except DocumentLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged cell record
+        raise refusal(exc) from exc
 
 
 def _xls_rows(sheet, datemode: int) -> Iterator[tuple[int, list[str]]]:
