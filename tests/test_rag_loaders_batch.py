@@ -116,3 +116,18 @@ def test_new_types_through_the_api(server, corpus):
 
         chrome = search("move to sidebar hide 154 languages", top_k=20)
         assert not any("move to sidebar" in c["text"] or "154 languages" in c["text"] for c in chrome)
+
+
+def test_citation_names_the_sheet_and_rows(corpus):
+    from rag.loaders import load_file
+    from rag.prompt import passage_label
+    from rag.types import Chunk, SearchResult
+    from webui.ui import format_sources
+
+    doc = load_file(corpus / "office" / "test.xlsx")[0]
+    meta = {k: v for k, v in doc.metadata.items() if k != "source"}
+    result = SearchResult(chunk=Chunk(id=1, text=doc.page_content, source="test.xlsx", metadata=meta), score=0.9)
+    assert passage_label(result) == f"source: test.xlsx, sheet Sheet1, rows {doc.metadata['rows']}"
+    assert f"test.xlsx, sheet Sheet1, rows {doc.metadata['rows']}" in format_sources([result])
+    slide = SearchResult(chunk=Chunk(id=2, text="AutoGen", source="test.pptx", page=4), score=0.9)
+    assert passage_label(slide) == "source: test.pptx, page 4"
