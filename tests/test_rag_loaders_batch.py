@@ -131,3 +131,60 @@ def test_citation_names_the_sheet_and_rows(corpus):
     assert plain_markdown(f"test.xlsx, sheet Sheet1, rows {doc.metadata['rows']}") in format_sources([result])
     slide = SearchResult(chunk=Chunk(id=2, text="AutoGen", source="test.pptx", page=4), score=0.9)
     assert passage_label(slide) == "source: test.pptx, page 4"
+
+
+@pytest.mark.slow
+def test_new_types_through_the_page_handlers(tmp_path, embedder, corpus):
+    from rag.registry import KnowledgeBaseRegistry
+    from webui.services import ChatService
+    from webui.settings import Settings
+    from webui.ui import PageHandlers, plain_markdown
+
+    from .conftest import FakeChatModel
+
+    registry = KnowledgeBaseRegistry(tmp_path / "knowledge", embedder)
+    service = ChatService(FakeChatModel("Seen."), registry, Settings(knowledge_dir=tmp_path / "knowledge"))
+    shown = []
+
+    def progress(value, desc="", unit="", **_):
+        shown.append((value, desc, unit))
+
+    h = PageHandlers(service)
+    files = [str(corpus / "office" / "test.xlsx"), str(corpus / "office" / "test.pptx"),
+             str(corpus / "ocr" / "medical_report_scan.pdf")]
+    report, status = h.ingest(files, progress=progress)
+    assert report.count("✅ added") == 3, report
+    ocr_steps = [(v, d) for v, d, u in shown if u == "pages"]
+    assert [v for v, _ in ocr_steps] == [(0, 3), (1, 3), (2, 3), (3, 3)]  # the scan's pages counted
+    assert "medical_report_scan.pdf · OCR page 3/3" in ocr_steps[-1][1]
+    steps = list(h.rag_chat("Which row has the value affc7dad-52dc-4b98-9b5d-51e65d8a8ad0?", [], 3, -1.0,
+                            "You are terse.", 32, 0.7, 20, 0.8, 5))
+    sources = steps[-1][3]
+    assert plain_markdown("test.xlsx, sheet ") in sources  # the citation names the sheet and rows
+    sent, _ = service.model.calls[-1]
+    assert "affc7dad-52dc-4b98-9b5d-51e65d8a8ad0" in sent[-1]["content"]
+
+
+def test_cli_ingest_ocr_off_refuses_images_and_keeps_the_rest(monkeypatch, tmp_path, corpus):
+    import io as _io
+
+    import rag.cli as cli
+    from rag.loaders import configure, current_options
+
+    monkeypatch.setattr(cli, "load_embedder", lambda name=None, device=None: HashEmbedder())
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ["test.xlsx", "test_mskanji.csv"]:
+        (folder / name).write_bytes((corpus / "office" / name).read_bytes())
+    (folder / "ch_en_num.jpg").write_bytes((corpus / "ocr" / "ch_en_num.jpg").read_bytes())
+    out = _io.StringIO()
+    try:
+        status = cli.main(["ingest", str(folder), "--ocr", "off", "--no-progress",
+                           f"--knowledge-dir={tmp_path / 'kb'}"], out=out)
+        assert current_options().ocr == "off"
+    finally:
+        configure(ocr="auto")  # a process-wide setting: leave it as the other tests expect
+    text = out.getvalue()
+    assert status == 1  # a file was refused
+    assert re.search(r"refused\s+.*ch_en_num\.jpg.*--ocr off.*--ocr auto", text), text
+    assert re.search(r"added\s+.*test\.xlsx", text) and re.search(r"added\s+.*test_mskanji\.csv", text), text

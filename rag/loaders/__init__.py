@@ -26,6 +26,7 @@ from .base import (
     check_office_archive,
     configure,
     current_options,
+    ocr_progress,
 )
 from .registry import BY_EXTENSION, FILE_TYPES, SUPPORTED_EXTENSIONS, FileType, upload_label
 from .text import decode_text
@@ -41,7 +42,7 @@ DOCX_MAX_RATIO = OFFICE_MAX_RATIO
 __all__ = [
     "BY_EXTENSION", "FILE_TYPES", "OCR_MODES", "SUPPORTED_EXTENSIONS", "TABLE_CELL_SEPARATOR",
     "DocumentLoadError", "FileType", "LoadOptions", "check_office_archive", "configure",
-    "current_options", "decode_text", "load_file", "table_to_text", "upload_label",
+    "current_options", "decode_text", "load_file", "ocr_progress", "table_to_text", "upload_label",
 ]
 
 

@@ -6,9 +6,12 @@ in :mod:`rag.loaders.registry` maps file extensions to it.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 #: OCR modes: "auto" reads images and PDF pages without a text layer by OCR, "off" refuses them.
 OCR_MODES = ("auto", "off")
@@ -64,6 +67,34 @@ def configure(**changes) -> LoadOptions:
 def current_options() -> LoadOptions:
     """The process-wide :class:`LoadOptions` in force."""
     return _options
+
+
+#: Called as ``(file name, pages done, pages to read)`` while a file's pages are OCR-ed (before the
+#: first page and after each); set for a block of code with :func:`ocr_progress`.
+_ocr_progress: contextvars.ContextVar[Callable[[str, int, int], None] | None] = contextvars.ContextVar(
+    "ocr_progress", default=None)
+
+
+@contextlib.contextmanager
+def ocr_progress(callback: Callable[[str, int, int], None] | None) -> Iterator[None]:
+    """Report OCR progress to ``callback(name, done, total)`` (pages) for loads inside the block,
+    in this thread or context (``run_in_threadpool`` copies the context); for the page's
+    and the CLI's progress bars, since OCR takes seconds a page."""
+    token = _ocr_progress.set(callback)
+    try:
+        yield
+    finally:
+        _ocr_progress.reset(token)
+
+
+def report_ocr_progress(name: str, done: int, total: int) -> None:
+    """Tell the :func:`ocr_progress` callback in force, if any (its errors are not the load's)."""
+    callback = _ocr_progress.get()
+    if callback is not None:
+        try:
+            callback(name, done, total)
+        except Exception:  # noqa: BLE001 - a progress bar must never fail a load
+            pass
 
 
 def check_office_archive(path: Path, name: str, kind: str = "Office") -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from langchain_core.documents import Document
 
 from . import ocr
-from .base import DocumentLoadError, LoadOptions
+from .base import DocumentLoadError, LoadOptions, report_ocr_progress
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +24,12 @@ def load(path: Path, name: str, options: LoadOptions) -> list[Document]:
             f"{name}: images are read by OCR, which is off on this server (--ocr off); "
             "start it with --ocr auto, or upload the text as a document")
     image = open_image(path, name)
+    report_ocr_progress(name, 0, 1)
     try:
         text = ocr.ocr_image(image)
     finally:
         image.close()
+    report_ocr_progress(name, 1, 1)
     if not text.strip():
         raise DocumentLoadError(f"{name}: OCR found no text in the image; upload a sharper scan "
                                 "(at least 150 dpi) or the text as a document")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from langchain_core.documents import Document
 
-from .base import DocumentLoadError, LoadOptions
+from .base import DocumentLoadError, LoadOptions, report_ocr_progress
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,9 @@ def _ocr_pages(path: Path, name: str, numbers: list[int]) -> dict[int, str]:
             "a file); split the PDF into smaller files, or run OCR on it first (e.g. ocrmypdf), and upload those")
     lock = getattr(PyPDFium2Parser, "_lock", None) or _RENDER_LOCK  # PDFium is not thread-safe
     out = {}
+    report_ocr_progress(name, 0, len(numbers))
     try:
-        for number in numbers:
+        for done, number in enumerate(numbers, start=1):
             with lock:
                 document = pypdfium2.PdfDocument(str(path))
                 try:
@@ -104,6 +105,7 @@ def _ocr_pages(path: Path, name: str, numbers: list[int]) -> dict[int, str]:
                     document.close()
             out[number] = ocr.ocr_image(image)
             logger.info("%s: page %d read by OCR (%d characters)", name, number, len(out[number]))
+            report_ocr_progress(name, done, len(numbers))
     except pypdfium2.PdfiumError as exc:
         logger.warning("%s: pages without a text layer cannot be rendered for OCR (%s)", name, exc)
     return out
