@@ -3,7 +3,6 @@ lists the text each file holds; linn.txt is the true text of linn.pdf / linn.png
 from __future__ import annotations
 
 import functools
-import io
 import re
 import subprocess
 import sys
