@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from .embeddings import DEFAULT_EMBEDDING_MODEL, EmbeddingLoadError, load_embedder
-from .loaders import SUPPORTED_EXTENSIONS
+from .loaders import OCR_MODES, SUPPORTED_EXTENSIONS, configure, ocr_progress
 from .persistence import safe_file_name
 from .registry import (InvalidKnowledgeBaseName, KnowledgeBaseRegistry, UnknownKnowledgeBase, check_name,
                        knowledge_base_exists, knowledge_base_names)
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ingest", parents=[common, kb_flag, chunking, progress],
                        help="add files (folders walked recursively) to a knowledge base")
     s.add_argument("paths", nargs="+", metavar="PATH", help=f"files or folders ({', '.join(SUPPORTED_EXTENSIONS)})")
+    s.add_argument("--ocr", choices=OCR_MODES, default="auto",
+                   help="auto: images and PDF pages without a text layer are read by OCR; off: they are refused "
+                   "(default: %(default)s)")
     s.add_argument("--commit-every", type=int, default=BULK_COMMIT_EVERY, metavar="N",
                    help="save the knowledge base after every N added files (default: %(default)s; each save rewrites "
                    "it whole, a crash loses at most the files since the last save)")
@@ -222,16 +225,18 @@ def _format_scores(scores: dict[str, float]) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
-    """``ingest``: add files with a files bar and a chunks bar; exit 1 when any file was refused."""
+    """``ingest``: add files with a files bar, a chunks bar and an OCR pages bar; exit 1 when any file was refused."""
     from tqdm import tqdm
 
     if args.commit_every < 1:
         raise CliError(f"--commit-every must be >= 1, got {args.commit_every}")
+    configure(ocr=args.ocr)
     files, refused = collect_files(args.paths)
     kb = _open_kb(args, create=True)
     disable = True if args.no_progress else None  # None: tqdm shows bars on a terminal only
     files_bar = tqdm(total=len(files), desc="files", unit="file", position=0, disable=disable)
     chunks_bar = tqdm(total=0, desc="chunks", unit="chunk", position=1, leave=False, disable=disable)
+    pages_bar = tqdm(total=0, desc="OCR pages", unit="page", position=2, leave=False, disable=disable)
 
     def on_file(name: str, i: int, n: int) -> None:
         files_bar.update(i - files_bar.n)
@@ -242,10 +247,17 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
             chunks_bar.reset(total=total)
         chunks_bar.update(done - chunks_bar.n)
 
+    def on_ocr(name: str, done: int, total: int) -> None:
+        if done == 0:
+            pages_bar.reset(total=total)
+        pages_bar.update(done - pages_bar.n)
+
     try:
-        reports = kb.add_files(files, progress=on_file, on_chunks=on_chunks, commit_every=args.commit_every)
+        with ocr_progress(on_ocr):
+            reports = kb.add_files(files, progress=on_file, on_chunks=on_chunks, commit_every=args.commit_every)
         files_bar.update(len(files) - files_bar.n)
     finally:
+        pages_bar.close()
         chunks_bar.close()
         files_bar.close()
     reports = list(reports) + refused

@@ -70,11 +70,14 @@ def no_passage_refusal(question: str, score_threshold: float | None = None) -> s
 
 
 def passage_label(result: SearchResult) -> str:
-    """``"source: README.md, page 3"`` (page only for paged documents such as PDFs)."""
+    """``"source: README.md, page 3"`` (page only for paged documents such as PDFs and slide
+    decks), or with the loader's ``location``: ``"source: t.xlsx, sheet Sheet1, rows 2-15"``."""
     chunk = result.chunk
     label = f"source: {chunk.source}"
     if chunk.page is not None:
         label += f", page {chunk.page}"
+    if chunk.metadata.get("location"):
+        label += f", {chunk.metadata['location']}"
     return label
 
 

@@ -80,3 +80,13 @@ def test_embedding_benchmark_smoke(corpus, tmp_path):
     if "onnxruntime fp32" in rows:  # only with the bench extra installed
         assert rows["onnxruntime fp32"]["cosine_min"] > 0.999, "the exported model computes the same vectors"
         assert rows["onnxruntime int8"]["cosine_mean"] < 1.0, "the int8 model really is a different model"
+
+
+def test_loaders_benchmark_smoke(corpus, tmp_path):
+    from bench import loaders
+
+    result = loaders.main(["--smoke", f"--corpus={corpus}", f"--out={tmp_path / 'loaders.json'}"])
+    rows = {row["file"]: row for row in result["files"]}
+    assert set(rows) == set(loaders.SMOKE_FILES)
+    assert all(row["documents"] > 0 and row["seconds"] > 0 for row in rows.values())
+    assert rows["ocr/ch_en_num.jpg"]["ocr_pages"] == 1 and rows["office/test.xlsx"]["ocr_pages"] == 0

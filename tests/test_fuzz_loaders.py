@@ -28,7 +28,19 @@ from .conftest import CORPUS  # noqa: E402
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-SAMPLES = {".pdf": "pdf/minimal-document.pdf", ".docx": "docx/test.docx", ".md": "deepspeed/zero.md"}
+SAMPLES = {".pdf": "pdf/minimal-document.pdf", ".docx": "docx/test.docx", ".md": "deepspeed/zero.md",
+           ".xlsx": "office/test.xlsx", ".xls": "office/test.xls", ".csv": "office/test_mskanji.csv",
+           ".pptx": "office/test.pptx", ".html": "office/test_blog.html", ".png": "ocr/linn.png",
+           ".jpg": "ocr/ch_en_num.jpg"}
+EXTENSIONS = [".txt", ".md", ".pdf", ".docx", ".xlsx", ".xls", ".csv", ".pptx", ".html", ".png", ".jpg", ".exe", ""]
+
+
+@pytest.fixture(autouse=True)
+def fast_ocr(monkeypatch):
+    """Images decode for real; the OCR engine itself (seconds an image) is a stand-in here."""
+    from rag.loaders import ocr
+
+    monkeypatch.setattr(ocr, "ocr_image", lambda image: f"text of a {image.width}x{image.height} image")
 
 
 def load_or_refuse(tmp: Path, name: str, data: bytes) -> None:
@@ -47,7 +59,7 @@ def load_or_refuse(tmp: Path, name: str, data: bytes) -> None:
 
 
 @FUZZ
-@given(data=st.binary(max_size=4096), ext=st.sampled_from([".txt", ".md", ".pdf", ".docx", ".exe", ""]))
+@given(data=st.binary(max_size=4096), ext=st.sampled_from(EXTENSIONS))
 def test_arbitrary_bytes_load_or_are_refused(tmp_path, data, ext):
     load_or_refuse(tmp_path, f"upload{ext}", data)
 
@@ -87,14 +99,17 @@ def test_damaged_real_files_load_or_are_refused(tmp_path, ext, data):
 
 @FUZZ
 @given(members=st.lists(st.tuples(st.sampled_from(["word/document.xml", "[Content_Types].xml", "_rels/.rels",
-                                                    "word/_rels/document.xml.rels", "docProps/core.xml", "x"]),
-                                   st.binary(max_size=512)), max_size=6))
-def test_random_zip_archives_named_docx_load_or_are_refused(tmp_path, members):
+                                                    "word/_rels/document.xml.rels", "docProps/core.xml", "x",
+                                                    "xl/workbook.xml", "xl/worksheets/sheet1.xml",
+                                                    "ppt/presentation.xml", "ppt/slides/slide1.xml"]),
+                                   st.binary(max_size=512)), max_size=6),
+       ext=st.sampled_from([".docx", ".xlsx", ".pptx"]))
+def test_random_zip_archives_named_office_files_load_or_are_refused(tmp_path, members, ext):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for name, payload in members:
             z.writestr(name, payload)
-    load_or_refuse(tmp_path, "archive.docx", buf.getvalue())
+    load_or_refuse(tmp_path, "archive" + ext, buf.getvalue())
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,

@@ -219,7 +219,7 @@ def test_pdf_named_docx_is_refused(corpus, tmp_path):
         load_file(path)
 
 
-@pytest.mark.parametrize("name", ["slides.pptx", "old.doc", "noextension"])
+@pytest.mark.parametrize("name", ["slides.ppt", "old.doc", "noextension"])
 def test_unsupported_extension_lists_the_supported_ones(tmp_path, name):
     path = tmp_path / name
     path.write_text("some text", encoding="utf-8")

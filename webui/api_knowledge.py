@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from rag.loaders.registry import describe_types
 from rag.persistence import FolderBusyError, safe_file_name
 from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase, check_name
 from rag.store import KnowledgeBase, KnowledgeBaseClosedError
@@ -89,7 +90,8 @@ async def _save_upload(upload: UploadFile, folder: Path, limit: int) -> Path | N
 
 
 @router.post("/{kb}/files", response_model=UploadReply, responses=ERRORS)
-async def upload_files(kb: str, files: list[UploadFile] = File(..., description="repeat the field for several files"),
+async def upload_files(kb: str, files: list[UploadFile] = File(..., description="repeat the field for several files; "
+                                                               f"types read: {describe_types()}"),
                        service: ChatService = Depends(get_service),
                        limiter: WorkLimiter = Depends(_limiter)) -> UploadReply:
     """Add files (multipart, field ``files`` repeated) to knowledge base ``kb``, created by the first

@@ -82,6 +82,7 @@ class Settings:
     retrieval_mode: str = "hybrid"
     reranker_model: str | None = None
     no_relevant_passage: str = "answer"
+    ocr: str = "auto"
     demo_dir: Path | None = None
 
     @property
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "no-relevant-passage", default=d.no_relevant_passage, choices=["answer", "refuse"],
           help="when no chunk passes the score threshold: answer from the model's own knowledge, marked as "
           "such, or refuse")
+    _flag(g, "ocr", default=d.ocr, choices=["auto", "off"],
+          help="auto: uploaded images and PDF pages without a text layer are read by OCR (RapidOCR, several "
+          "seconds a page on CPU); off: images are refused and scanned pages skipped")
     g = p.add_argument_group("server")
     _flag(g, "host", default=d.host, help="address to bind; 0.0.0.0 serves other machines")
     _flag(g, "port", type=int, default=d.port)

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import gradio as gr
 
 from llm.base import GenerationParams
-from rag.loaders import SUPPORTED_EXTENSIONS
+from rag.loaders import SUPPORTED_EXTENSIONS, upload_label
 from rag.types import SearchResult
 
 from .services import QUERY_MODES, ChatService
@@ -71,7 +71,8 @@ def format_sources(sources: Sequence[SearchResult], score_threshold: float | Non
         return f"**No relevant passage** in the knowledge base{limit}."
     lines = ["**Sources**", ""]
     for i, r in enumerate(sources, 1):
-        where = r.chunk.source + (f", page {r.chunk.page}" if r.chunk.page else "")
+        where = r.chunk.source + (f", page {r.chunk.page}" if r.chunk.page else "") + (
+            f", {r.chunk.metadata['location']}" if r.chunk.metadata.get("location") else "")
         snippet = " ".join(r.chunk.text.split())
         if len(snippet) > SNIPPET_CHARS:
             snippet = snippet[:SNIPPET_CHARS] + "…"
@@ -247,7 +248,7 @@ def build_blocks(service: ChatService) -> gr.Blocks:
                 kb_status = gr.Markdown(h.kb_status(), elem_id="kb-status")
                 with gr.Row():
                     files = gr.File(file_count="multiple", file_types=list(SUPPORTED_EXTENSIONS),
-                                    label="Upload .txt / .md / .docx / .pdf", scale=3, elem_id="kb-files")
+                                    label=upload_label(), scale=3, elem_id="kb-files")
                     with gr.Column(scale=1):
                         ingest = gr.Button("Vectorstore knowledge", variant="primary", elem_id="kb-ingest")
                         with gr.Accordion("Retrieval settings", open=False):

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import gradio as gr
 
+from rag.loaders import ocr_progress
+from rag.loaders.registry import describe_types
 from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase
 from rag.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseCorruptError
 from rag.types import FileReport
@@ -57,7 +59,7 @@ def format_report(reports: Sequence[FileReport]) -> str:
     """Markdown table of an upload batch: one row per file with status, chunks and reason
     ("skipped" = same name and content as a stored file; "added" replaces a changed one)."""
     if not reports:
-        return "No file uploaded: choose .txt, .md, .docx or .pdf files first."
+        return f"No file uploaded: choose {describe_types()} files first."
     icon = {"added": "✅", "skipped": "⏭️", "refused": "❌"}
     rows = ["| file | status | chunks added | reason |", "|---|---|---|---|"]
     for r in reports:
@@ -208,8 +210,14 @@ class KnowledgeHandlers:
                 progress((done, total), unit="chunks",
                          desc=f"File {position['file'] + 1}/{position['n']}: {file_name} · chunks {done}/{total}")
 
-        reports = refused + kb.add_files(paths, names=[p.name for p in paths], progress=on_file,
-                                         on_chunks=on_chunks)
+        def on_ocr(file_name: str, done: int, total: int) -> None:
+            if progress is not None:
+                progress((done, total), unit="pages",
+                         desc=f"File {position['file'] + 1}/{position['n']}: {file_name} · OCR page {done}/{total}")
+
+        with ocr_progress(on_ocr):
+            reports = refused + kb.add_files(paths, names=[p.name for p in paths], progress=on_file,
+                                             on_chunks=on_chunks)
         log.info("ingested %d file(s) into %s, %d chunk(s) added", len(reports), kb.directory.name,
                  sum(r.chunks for r in reports))
         return format_report(reports), self.status(name)

@@ -67,11 +67,13 @@ def load_service(settings):
             or ``--embedding-backend onnx`` cannot work here.
         rag.store.EmbeddingMismatchError: the knowledge base was built with another embedding model.
     """
+    import rag.loaders
     from rag.embeddings import BUNDLED_EMBEDDING_MODEL, check_backend, load_embedder
     from rag.registry import KnowledgeBaseRegistry
     from webui.services import ChatService
 
     check_backend(settings.embedding_backend)  # before minutes of loading the chat model
+    rag.loaders.configure(ocr=settings.ocr)
     model = load_model(settings)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None,
                              backend=settings.embedding_backend)
