@@ -14,6 +14,7 @@ from rag.store import KnowledgeBase
 
 from .rag_fixtures import HashEmbedder
 from .test_rag_loaders_office import zip_bomb
+from .conftest import uploaded
 
 
 def _hostile_batch(corpus, tmp_path) -> list[tuple[str, bytes]]:
@@ -152,7 +153,7 @@ def test_new_types_through_the_page_handlers(tmp_path, embedder, corpus):
     h = PageHandlers(service)
     files = [str(corpus / "office" / "test.xlsx"), str(corpus / "office" / "test.pptx"),
              str(corpus / "ocr" / "medical_report_scan.pdf")]
-    report, status = h.ingest(files, progress=progress)
+    report, status = h.ingest(uploaded(files), progress=progress)
     assert report.count("✅ added") == 3, report
     ocr_steps = [(v, d) for v, d, u in shown if u == "pages"]
     assert [v for v, _ in ocr_steps] == [(0, 3), (1, 3), (2, 3), (3, 3)]  # the scan's pages counted
