@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sentence-transformers model, hub id or folder, or 'bundled' (default: the one the "
                         f"knowledge base was built with; for a new one {DEFAULT_EMBEDDING_MODEL}, or the bundled "
                         "all-MiniLM-L6-v2 when that cannot be loaded offline)")
+    common.add_argument("--vector-store", default=None, choices=["faiss", "milvus"],
+                        help="where the vectors live (default: what the knowledge base records; faiss for a new one)")
+    common.add_argument("--milvus-uri", default=None, metavar="URI",
+                        help="Milvus Lite file or http(s)://host:19530 (default: <knowledge-dir>/milvus.db)")
     common.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log messages shown on stderr")
     kb_flag = argparse.ArgumentParser(add_help=False)
@@ -108,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("delete", parents=[common, kb_flag], help="delete files from a knowledge base")
     s.add_argument("files", nargs="+", metavar="FILE", help="file names as listed by `list`")
 
+    s = sub.add_parser("migrate", parents=[common, kb_flag, progress],
+                       help="move a knowledge base's vectors to another vector store (no re-embedding)")
+    s.add_argument("--to", required=True, choices=["faiss", "milvus"], help="the backend to move to")
+
     s = sub.add_parser("eval", parents=[common, chunking, progress],
                        help="measure retrieval on a SQuAD-format file (e.g. CMRC 2018 dev)")
     s.add_argument("file", type=Path, help="SQuAD-format JSON file")
@@ -142,6 +150,14 @@ def _embedder_for(directory: Path, requested: str | None):
         raise CliError(str(exc)) from exc
 
 
+def _recorded_store(directory: Path) -> str:
+    """The vector store a knowledge base records in its manifest ("faiss" when none)."""
+    try:
+        return str(json.loads((directory / "manifest.json").read_text(encoding="utf-8")).get("vector_store", "faiss"))
+    except (OSError, ValueError, AttributeError):
+        return "faiss"
+
+
 def _open_kb(args: argparse.Namespace, *, create: bool, embedder=None):
     root = Path(args.knowledge_dir)
     try:
@@ -152,8 +168,10 @@ def _open_kb(args: argparse.Namespace, *, create: bool, embedder=None):
                                        "create it with `python -m rag ingest PATH --kb NAME`")
         if embedder is None:
             embedder = _embedder_for(root / name, getattr(args, "embedding_model", None))
+        backend = getattr(args, "vector_store", None) or _recorded_store(root / name)
         registry = KnowledgeBaseRegistry(root, embedder, chunk_size=getattr(args, "chunk_size", 500),
-                                         chunk_overlap=getattr(args, "chunk_overlap", 50))
+                                         chunk_overlap=getattr(args, "chunk_overlap", 50), vector_store=backend,
+                                         milvus_uri=getattr(args, "milvus_uri", None))
         return registry.get(name, create=create)
     except (InvalidKnowledgeBaseName, UnknownKnowledgeBase, EmbeddingMismatchError,
             KnowledgeBaseCorruptError, ValueError) as exc:
@@ -363,7 +381,35 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete, "eval": cmd_eval}
+def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    """``migrate --kb NAME --to BACKEND``: copy chunks and vectors, then switch (rag.migrate)."""
+    from tqdm import tqdm
+
+    from .migrate import migrate
+    from .stores import make_store
+    from .stores.milvus import collection_name
+
+    args.vector_store = None  # open it on the backend it records
+    kb = _open_kb(args, create=False)
+    root = Path(args.knowledge_dir)
+    if args.to == "milvus":
+        uri = args.milvus_uri or str(root / "milvus.db")
+
+        def factory(dim: int):
+            return make_store("milvus", uri=uri, collection=collection_name("kb", kb.directory.name), dim=dim)
+    else:
+        factory = None
+    target = factory(kb._store.dim) if factory else make_store("faiss", dim=kb._store.dim)
+    with tqdm(total=len(kb), unit="chunks", disable=args.no_progress, file=sys.stderr) as bar:
+        try:
+            moved = migrate(kb, target, factory, progress=lambda done, total: bar.update(done - bar.n))
+        except (ValueError, RuntimeError) as exc:
+            raise CliError(str(exc)) from exc
+    print(f"{kb.directory.name}: {moved} chunk(s) moved to {args.to}", file=out)
+    return 0
+
+
+COMMANDS = {"migrate": cmd_migrate, "ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -81,15 +81,46 @@ class KnowledgeBaseRegistry:
         root: the folder holding one sub-folder per knowledge base (``--knowledge-dir``).
         embedder: the embedding model every knowledge base is opened with.
         chunk_size, chunk_overlap: splitter settings for new files (characters).
+        vector_store: the backend that keeps the vectors (:data:`rag.stores.BACKENDS`):
+            ``"faiss"`` (in the folder) or ``"milvus"`` (one collection per knowledge base).
+        milvus_uri: Milvus Lite file or ``http(s)://host:19530`` (default
+            ``<root>/milvus.db``); milvus_token: its credentials.
+
+    Raises:
+        ValueError: an unknown ``vector_store``.
     """
 
-    def __init__(self, root: str | Path, embedder: "Embedder", *, chunk_size: int = 500, chunk_overlap: int = 50):
+    def __init__(self, root: str | Path, embedder: "Embedder", *, chunk_size: int = 500, chunk_overlap: int = 50,
+                 vector_store: str = "faiss", milvus_uri: str | None = None, milvus_token: str | None = None):
+        from .stores import BACKENDS
+
+        if vector_store not in BACKENDS:
+            raise ValueError(f"unknown vector store {vector_store!r}: use one of {', '.join(BACKENDS)}")
         self.root = Path(root)
         self.embedder = embedder
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
+        self.vector_store = vector_store
+        self.milvus_uri = milvus_uri or str(self.root / "milvus.db")
+        self.milvus_token = milvus_token
+        self._milvus_client = None
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.Lock()
+
+    def _store_factory(self, name: str):
+        """How knowledge base ``name`` makes its vector store (None: FAISS in its folder)."""
+        if self.vector_store == "faiss":
+            return None
+        from .stores import make_store
+        from .stores.milvus import collection_name
+
+        def make(dim: int):
+            store = make_store("milvus", uri=self.milvus_uri, collection=collection_name("kb", name), dim=dim,
+                               token=self.milvus_token, client=self._milvus_client)
+            self._milvus_client = store.client  # one client per server
+            return store
+
+        return make
 
     def names(self) -> list[str]:
         """Names of the existing knowledge bases, sorted."""
@@ -119,8 +150,9 @@ class KnowledgeBaseRegistry:
                     raise UnknownKnowledgeBase(
                         f"no knowledge base named {name!r}: upload files to it first "
                         "(GET /v1/knowledge or the page's picker lists the existing ones)")
+                self.root.mkdir(parents=True, exist_ok=True)
                 kb = KnowledgeBase.open(self.root / name, self.embedder, chunk_size=self.chunk_size,
-                                        chunk_overlap=self.chunk_overlap)
+                                        chunk_overlap=self.chunk_overlap, store_factory=self._store_factory(name))
                 self._open[name] = kb
             return kb
 
@@ -143,6 +175,15 @@ class KnowledgeBaseRegistry:
             kb = self._open.pop(name, None)
             if kb is not None:
                 kb.close()  # a running upload stops at its next file or batch; it never commits again
+                kb.drop_store()
+            elif self.vector_store != "faiss":
+                try:
+                    self._store_factory(name)(self.embedder.dim).drop()
+                except ValueError:  # a collection of another dimension: drop it all the same
+                    from pymilvus import MilvusClient
+
+                    from .stores.milvus import collection_name
+                    MilvusClient(self.milvus_uri).drop_collection(collection_name("kb", name))
             trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
             with folder_lock(self.root / name):  # not while another process writes it
                 (self.root / name).rename(trash)
@@ -161,6 +202,7 @@ class KnowledgeBaseRegistry:
                     return False
                 kb._closing.set()
                 kb._closed = True
+                kb.drop_store()
                 self._open.pop(name, None)
                 trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
                 with folder_lock(self.root / name):

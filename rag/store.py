@@ -31,6 +31,9 @@ from .keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens, tokenize
 from .loaders import DocumentLoadError, load_file
 from .rerank import RERANK_CANDIDATES
 from .splitter import make_text_splitter, split_documents
+from .stores import QueryMode, StoredChunk, VectorStore, VectorStoreQuery
+from .stores.faiss import (APPROXIMATE_INDEX_MIN_CHUNKS, IVF_NPROBE, FaissVectorStore, build_index,  # noqa: F401
+                           empty_index, index_ids, ivf_lists)
 from .types import MAX_QUERY_CHARS, RETRIEVAL_MODES, Chunk, FileReport, SearchResult
 
 if TYPE_CHECKING:
@@ -45,70 +48,13 @@ HYBRID_CANDIDATES = 50
 #: Chunks embedded per call while adding a file (progress is reported between calls);
 #: more when the embedder's own batch is larger (a GPU's).
 EMBED_BATCH = 64
-#: From this many chunks on, dense search uses an approximate IVF index instead of the exact
-#: flat one. Measured on 2 CPU cores with all-MiniLM-L6-v2 (docs/benchmarks.md, "Retrieval
-#: latency"): embedding the query takes ~12 ms; searching one query flat takes 1.5 ms at 10k
-#: chunks, 3.0 ms at 20k, 6.9 ms at 50k and 14 ms at 100k, IVF 0.2-0.35 ms at 20k-100k with
-#: recall@10 0.993-0.9995 (nprobe 32). HNSW reached only 0.87 at 100k and cannot delete.
-#: Flat therefore stays (exact) while it adds at most ~25% to the query's latency.
-APPROXIMATE_INDEX_MIN_CHUNKS = 20_000
-#: Inverted lists an IVF index probes per query (recall@10 >= 0.993 from 20k to 100k chunks,
-#: measured; 16 probes gave 0.98 at 20k).
-IVF_NPROBE = 32
-
-
-def ivf_lists(n: int) -> int:
-    """Inverted lists of an IVF index over ``n`` vectors: 4 sqrt(n) (FAISS' guideline is
-    4-16 sqrt(n)), at most n / 39 (k-means wants 39 training points per list), at least 1."""
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
-
-
-def build_index(vectors: np.ndarray, ids: np.ndarray, dim: int, approximate: bool):
-    """A FAISS inner-product index holding ``vectors`` (float32, shape (n, dim)) under ``ids``
-    (int64, shape (n,)).
-
-    Returns:
-        ``approximate`` False: ``IndexIDMap2(IndexFlatIP)`` (exact). True: an
-        ``IndexIVFFlat`` with :func:`ivf_lists` lists trained on ``vectors`` (k-means;
-        seconds for tens of thousands of vectors), :data:`IVF_NPROBE` probes (all lists
-        when there are fewer) and a hash-table direct map, so that ``remove_ids`` and
-        ``reconstruct`` by chunk id work as on the flat index.
-    """
-    import faiss
-
-    if not approximate or len(ids) == 0:
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    else:
-        nlist = ivf_lists(len(ids))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-        index.nprobe = min(IVF_NPROBE, nlist)
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)
-    if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
-    return index
-
-
-def empty_index(dim: int):
-    """An empty exact index (``IndexIDMap2(IndexFlatIP)``) for ``dim``-dimensional vectors."""
-    return build_index(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), dim, approximate=False)
-
-
-def index_ids(index) -> np.ndarray:
-    """The ids stored in an index made by :func:`build_index` (int64, any order)."""
-    import faiss
-
-    if not isinstance(index, faiss.IndexIVF):
-        return faiss.vector_to_array(index.id_map)
-    lists = index.invlists
-    parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-             for i in range(index.nlist) if lists.list_size(i)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
 class EmbeddingMismatchError(ValueError):
     """A knowledge base was opened with an embedding model (name or dim) other
     than the one its vectors were made with; the message names both and the fix."""
+
+
+class VectorStoreMismatchError(ValueError):
+    """The knowledge base was built on another vector store backend than the one configured."""
 
 
 class KnowledgeBaseClosedError(RuntimeError):
@@ -149,10 +95,12 @@ class KnowledgeBase:
     """
 
     def __init__(self, directory: Path, embedder: "Embedder", chunk_size: int, chunk_overlap: int,
-                 approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS):
+                 approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS,
+                 store_factory: "Callable[[int], VectorStore] | None" = None):
         """Use :meth:`open`; this only sets up an empty, unsaved state."""
         if isinstance(approximate_from, bool) or not isinstance(approximate_from, int) or approximate_from < 1:
             raise ValueError(f"approximate_from must be an integer >= 1, got {approximate_from!r}")
+        self._store_factory = store_factory
         self._directory = directory
         self._embedder = embedder
         self._splitter = make_text_splitter(chunk_size, chunk_overlap)
@@ -164,7 +112,7 @@ class KnowledgeBase:
         self._closed = False
         self._stamp: tuple[int, int] | None = None  # the manifest's (inode, mtime_ns) when last read
         self._approximate_from = approximate_from
-        self._index = empty_index(embedder.dim)
+        self._store: VectorStore = self._new_store(embedder.dim)
         self._chunks: dict[int, Chunk] = {}
         self._keywords = KeywordIndex()
         self._files: dict[str, dict[str, Any]] = {}
@@ -176,7 +124,8 @@ class KnowledgeBase:
 
     @classmethod
     def open(cls, directory: str | Path, embedder: "Embedder", *, chunk_size: int = 500,
-             chunk_overlap: int = 50, approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS) -> "KnowledgeBase":
+             chunk_overlap: int = 50, approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS,
+             store_factory: "Callable[[int], VectorStore] | None" = None) -> "KnowledgeBase":
         """Open the knowledge base in ``directory``, creating it if missing.
 
         Args:
@@ -187,17 +136,20 @@ class KnowledgeBase:
                 added from now on (see :func:`rag.make_text_splitter`).
             approximate_from: chunks from which dense search uses an IVF index
                 (:func:`build_index`); it switches when files are added or deleted
-                (back to flat below half of it), not on opening.
+                (back to flat below half of it), not on opening. FAISS only.
+            store_factory: makes the vector store for a dimension (see :mod:`rag.stores`);
+                None: FAISS, saved with the generations.
 
         Raises:
             EmbeddingMismatchError: the knowledge base holds chunks embedded by
                 another model (name or dim). An empty one adopts ``embedder``.
+            VectorStoreMismatchError: it was built on another vector store backend.
             KnowledgeBaseCorruptError: its files are unreadable or inconsistent.
             ValueError: bad chunk settings or ``approximate_from``.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        kb = cls(directory, embedder, chunk_size, chunk_overlap, approximate_from)
+        kb = cls(directory, embedder, chunk_size, chunk_overlap, approximate_from, store_factory)
         manifest_path = directory / disk.MANIFEST_NAME
         with disk.folder_lock(directory), kb._lock:
             if manifest_path.exists():
@@ -208,6 +160,45 @@ class KnowledgeBase:
                             directory, embedder.name, embedder.dim)
                 kb._commit()
         return kb
+
+    def _new_store(self, dim: int) -> VectorStore:
+        if self._store_factory is None:
+            return FaissVectorStore(dim, self._approximate_from)
+        return self._store_factory(dim)
+
+    def _reconcile(self, store: VectorStore, file_data: list[dict], chunks: dict[int, Chunk]
+                   ) -> tuple[list[dict], dict[int, Chunk]]:
+        """Make a backend that keeps its own vectors agree with the saved state: rows no
+        saved chunk names (an upload killed before its commit) are deleted from the store;
+        a file with chunks missing from the store (killed mid-delete) is dropped."""
+        stored = set(store.ids().tolist())
+        extra = stored - set(chunks)
+        if extra:
+            logger.info("knowledge base %s: removing %d chunk(s) of an unfinished upload from %s",
+                        self._directory.name, len(extra), store.name)
+            store.delete(sorted(extra))
+        broken = {c.source for cid, c in chunks.items() if cid not in stored}
+        if broken:
+            logger.warning("knowledge base %s: %s lost chunks in %s (interrupted); removed, upload again",
+                           self._directory.name, ", ".join(sorted(broken)), store.name)
+            store.delete([cid for cid, c in chunks.items() if c.source in broken and cid in stored])
+            chunks = {cid: c for cid, c in chunks.items() if c.source not in broken}
+            file_data = [f for f in file_data if f["name"] not in broken]
+        return file_data, chunks
+
+    def drop_store(self) -> None:
+        """Remove what the vector store keeps outside the folder (a Milvus collection); the
+        registry calls it when the knowledge base is deleted."""
+        drop = getattr(self._store, "drop", None)
+        if drop is not None:
+            drop()
+
+    def _dense(self, query_vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dense search in the store, as FAISS shapes it: (similarities (1, k), ids (1, k))."""
+        found = self._store.query(VectorStoreQuery(vector=query_vector.reshape(-1), top_k=max(k, 1),
+                                                   mode=QueryMode.DENSE))
+        return (np.asarray([found.scores], dtype=np.float32).reshape(1, -1),
+                np.asarray([found.ids], dtype=np.int64).reshape(1, -1))
 
     def _manifest_stamp(self) -> tuple[int, int] | None:
         try:
@@ -234,26 +225,36 @@ class KnowledgeBase:
 
     def _load(self) -> None:
         """Replace the in-memory state by the one the manifest names."""
-        import faiss
-
         manifest = self._read_manifest()
         gen_name = str(manifest.get("generation"))
         gen_dir = self._directory / gen_name
         try:
             if disk.generation_number(gen_name) is None:
                 raise ValueError(f"manifest names {gen_name!r}, not a generation folder")
-            index = faiss.deserialize_index(np.fromfile(gen_dir / "index.faiss", dtype=np.uint8))
+            backend = manifest.get("vector_store", "faiss")
+            if backend != self._store.name:
+                raise VectorStoreMismatchError(
+                    f"knowledge base {self._directory.name!r} keeps its vectors in {backend}, but the server uses "
+                    f"{self._store.name}: start with --vector-store {backend}, or use another knowledge base")
             chunk_data = disk.read_json(gen_dir / "chunks.json")
             file_data = disk.read_json(gen_dir / "files.json")
             chunks = {int(c["id"]): Chunk(**c) for c in chunk_data["chunks"]}
-            ids = set(index_ids(index).tolist()) if index.ntotal else set()
+            if backend == "faiss":
+                store = FaissVectorStore.from_bytes(np.fromfile(gen_dir / "index.faiss", dtype=np.uint8),
+                                                    self._approximate_from)
+            else:
+                store = self._store
+                file_data, chunks = self._reconcile(store, file_data, chunks)
+            ids = set(store.ids().tolist()) if store.count() else set()
+        except VectorStoreMismatchError:
+            raise
         except Exception as exc:
             raise KnowledgeBaseCorruptError(
                 f"{gen_dir}: cannot read the knowledge base state ({type(exc).__name__}: {exc}); "
                 "restore the folder from a backup or move it away and re-upload the documents") from exc
-        if ids != set(chunks) or index.ntotal != len(chunks) or index.d != manifest.get("dim"):
+        if ids != set(chunks) or store.count() != len(chunks) or store.dim != manifest.get("dim"):
             raise KnowledgeBaseCorruptError(
-                f"{gen_dir}: the index ({index.ntotal} vectors of dim {index.d}) does not match chunks.json "
+                f"{gen_dir}: the index ({store.count()} vectors of dim {store.dim}) does not match chunks.json "
                 f"({len(chunks)} chunks) and the manifest (dim {manifest.get('dim')}); "
                 "move the folder away and re-upload the documents")
 
@@ -267,13 +268,13 @@ class KnowledgeBase:
                     "or use another knowledge-base folder (or delete this one) and upload the documents again")
             logger.info("empty knowledge base at %s: switching its embedding model from %s to %s",
                         self._directory, recorded_name, self._embedder.name)
-            index = empty_index(self._embedder.dim)
+            store = self._new_store(self._embedder.dim) if backend == "faiss" else store
 
         if (manifest.get("chunk_size"), manifest.get("chunk_overlap")) != (self._chunk_size, self._chunk_overlap):
             logger.info("knowledge base at %s: files added from now on use chunk_size=%d, chunk_overlap=%d "
                         "(was %s, %s)", self._directory, self._chunk_size, self._chunk_overlap,
                         manifest.get("chunk_size"), manifest.get("chunk_overlap"))
-        self._index = index
+        self._store = store
         self._chunks = chunks
         self._keywords = self._load_keywords(gen_dir, chunks)
         self._files = {f["name"]: f for f in file_data}
@@ -336,8 +337,6 @@ class KnowledgeBase:
 
     def _commit(self) -> None:
         """Persist the in-memory state as a new generation (see :mod:`rag.persistence`)."""
-        import faiss
-
         if self._closed:
             raise KnowledgeBaseClosedError(f"knowledge base {self._directory.name!r} was deleted")
         if self._generation is not None:
@@ -352,7 +351,8 @@ class KnowledgeBase:
         gen_name = disk.generation_name(number)
         gen_dir = self._directory / gen_name
         gen_dir.mkdir()
-        disk.write_bytes_durably(gen_dir / "index.faiss", faiss.serialize_index(self._index).tobytes())
+        if isinstance(self._store, FaissVectorStore):  # other backends keep their vectors themselves
+            disk.write_bytes_durably(gen_dir / "index.faiss", self._store.to_bytes())
         disk.write_json_durably(gen_dir / "chunks.json", {
             "next_id": self._next_id,
             "chunks": [vars(c) for c in self._chunks.values()],
@@ -370,6 +370,7 @@ class KnowledgeBase:
             "generation": gen_name,
             "embedding_model": self._embedder.name,
             "dim": self._embedder.dim,
+            "vector_store": self._store.name,
             "chunk_size": self._chunk_size,
             "chunk_overlap": self._chunk_overlap,
             "files": len(self._files),
@@ -604,13 +605,13 @@ class KnowledgeBase:
                 self._remove_chunks_of(key)
                 ids = np.arange(self._next_id, self._next_id + len(pieces), dtype=np.int64)
                 self._next_id += len(pieces)
-                self._index.add_with_ids(vectors, ids)
+                self._store.add(ids, vectors, [StoredChunk(int(i), p.page_content, key) for i, p in zip(ids, pieces)]
+                                if self._store.stores_text else None)
                 for chunk_id, piece, toks in zip(ids.tolist(), pieces, tokens):
                     meta = {k: v for k, v in piece.metadata.items() if k not in ("source", "page")}
                     self._chunks[chunk_id] = Chunk(id=chunk_id, text=piece.page_content, source=key,
                                                    page=piece.metadata.get("page"), metadata=meta)
                     self._keywords.add(chunk_id, toks)
-                self._fit_index()
                 self._files.pop(key, None)
                 self._files[key] = {
                     "name": key, "chunks": len(pieces), "size": len(data), "added_at": _utc_now(),
@@ -650,39 +651,11 @@ class KnowledgeBase:
         """Drop a file's chunks from memory (not from disk); returns how many."""
         ids = [cid for cid, c in self._chunks.items() if c.source == key]
         if ids:
-            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+            self._store.delete(ids)
             for cid in ids:
                 del self._chunks[cid]
             self._keywords.remove(ids)
         return len(ids)
-
-    def _fit_index(self) -> None:
-        """Switch the index to the type for the current size (under the lock): IVF from
-        ``approximate_from`` chunks on, retrained when the chunks have grown fourfold
-        (twice the lists are due), flat again below half of ``approximate_from``. The
-        vectors are read back from the current index; if the rebuild fails, that index
-        (which holds them all) stays and the error is logged."""
-        import faiss
-
-        n = len(self._chunks)
-        is_ivf = isinstance(self._index, faiss.IndexIVF)
-        if is_ivf:
-            if n >= self._approximate_from // 2 and ivf_lists(n) < 2 * self._index.nlist:
-                return
-        elif n < self._approximate_from:
-            return
-        approximate = n >= (self._approximate_from // 2 if is_ivf else self._approximate_from)
-        try:
-            ids = np.fromiter(sorted(self._chunks), dtype=np.int64, count=n)
-            vectors = self._index.reconstruct_batch(ids) if n else np.zeros((0, self._embedder.dim), np.float32)
-            index = build_index(vectors, ids, self._embedder.dim, approximate)
-        except Exception:  # noqa: BLE001 - the current index still holds every vector: keep searching it
-            logger.exception("knowledge base at %s: could not rebuild the index for %d chunks; keeping %s",
-                             self._directory, n, self.index_description)
-            return
-        self._index = index
-        logger.info("knowledge base at %s: %d chunks, dense search now uses %s", self._directory, n,
-                    self.index_description)
 
     # ---------------------------------------------------------- delete, list
 
@@ -707,7 +680,6 @@ class KnowledgeBase:
                 raise KeyError(f"no file named {name!r} in knowledge base {self._directory.name!r} "
                                f"(files: {known})")
             removed = self._remove_chunks_of(key)
-            self._fit_index()
             del self._files[key]
             self._commit_or_reload()
             (self._directory / disk.FILES_DIR / key).unlink(missing_ok=True)
@@ -734,18 +706,15 @@ class KnowledgeBase:
 
     @property
     def index_kind(self) -> str:
-        """"flat" (exact) or "ivf" (approximate): the FAISS index dense search uses now."""
-        import faiss
-
-        return "ivf" if isinstance(self._index, faiss.IndexIVF) else "flat"
+        """"flat" (exact) or "ivf" (approximate): the FAISS index dense search uses now; for
+        other backends their name (e.g. "milvus")."""
+        return getattr(self._store, "kind", self._store.name)
 
     @property
     def index_description(self) -> str:
         """The index type with its parameters, e.g. "flat (exact)" or "IVF-flat, 1264 lists, nprobe 16"."""
         with self._lock:
-            if self.index_kind == "ivf":
-                return f"IVF-flat, {self._index.nlist} lists, nprobe {self._index.nprobe}"
-            return "flat (exact)"
+            return getattr(self._store, "description", f"{self._store.name} ({getattr(self._store, 'uri', '')})")
 
     @property
     def embedding_model(self) -> str:
@@ -827,10 +796,10 @@ class KnowledgeBase:
         """Rank chunks for a query (under the lock): ``([(chunk id, score), ...] best
         first, {chunk id: {"cosine": .., "bm25": .., "hybrid": ..}})``; ``depth`` =
         how many ranked chunks are needed at most."""
-        n_total = self._index.ntotal
+        n_total = self._store.count()
         if mode == "dense":
             k = min(depth, n_total)
-            sims, ids = self._index.search(query_vector, k)
+            sims, ids = self._dense(query_vector, k)
             ranked = [(int(cid), float(sim)) for sim, cid in zip(sims[0].tolist(), ids[0].tolist())
                       if cid >= 0 and cid in self._chunks]
             return ranked, {cid: {"cosine": sim} for cid, sim in ranked}
@@ -843,7 +812,7 @@ class KnowledgeBase:
             return ranked, {cid: {"cosine": cosine[cid], "bm25": s} for cid, s in ranked}
 
         pool = max(HYBRID_CANDIDATES, depth)
-        sims, ids = self._index.search(query_vector, min(pool, n_total))
+        sims, ids = self._dense(query_vector, min(pool, n_total))
         cosine = {int(cid): float(sim) for sim, cid in zip(sims[0].tolist(), ids[0].tolist())
                   if cid >= 0 and cid in self._chunks}
         keyword_only = [int(bm25_ids[i]) for i in order[:pool] if bm25_scores[i] > 0 and int(bm25_ids[i]) not in cosine]
@@ -861,7 +830,7 @@ class KnowledgeBase:
         """Cosine similarity of the query and the stored vectors of ``ids`` (under the lock)."""
         if not ids:
             return {}
-        vectors = np.stack([self._index.reconstruct(int(cid)) for cid in ids])
+        vectors = self._store.vectors([int(cid) for cid in ids])
         sims = vectors @ query_vector.reshape(-1)
         return {int(cid): float(sim) for cid, sim in zip(ids, sims.tolist())}
 

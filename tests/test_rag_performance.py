@@ -256,7 +256,7 @@ def test_ivf_knowledge_base_persists_and_deletes(flat_and_ivf):
 
 
 def test_failed_rebuild_keeps_the_current_index(tmp_path, monkeypatch):
-    import rag.store as store
+    import rag.stores.faiss as store
 
     def boom(*args, **kwargs):
         raise RuntimeError("no memory for k-means")

@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from rag.loaders.registry import describe_types
 from rag.persistence import FolderBusyError, safe_file_name
 from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase, check_name
-from rag.store import KnowledgeBase, KnowledgeBaseClosedError
+from rag.store import (EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseClosedError, KnowledgeBaseCorruptError,
+                       VectorStoreMismatchError)
 from rag.types import FileReport
 
 from .api_common import ApiError, WorkLimiter, get_service
@@ -55,6 +56,8 @@ def _kb(service: ChatService, name: str, create: bool = False) -> KnowledgeBase:
         raise ApiError(400, str(exc), param="kb") from None
     except UnknownKnowledgeBase as exc:
         raise ApiError(404, str(exc), type="not_found_error", param="kb") from None
+    except (EmbeddingMismatchError, VectorStoreMismatchError, KnowledgeBaseCorruptError) as exc:
+        raise _conflict(exc) from None
 
 
 def _conflict(exc: Exception) -> ApiError:

@@ -54,6 +54,10 @@ class Settings:
     api_only: bool = False
     no_api: bool = False
     api_token: str | None = None
+    #: Where the knowledge bases' vectors live (rag.stores): "faiss" (in the folder) or "milvus".
+    vector_store: str = "faiss"
+    milvus_uri: str | None = None
+    milvus_token: str | None = None
     max_upload_mb: int = 100
     #: Largest request body but uploads, in MB: a prompt of a 128k-token context is well under 1 MB.
     max_request_mb: float = 2.0
@@ -162,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "embedding-backend", default=d.embedding_backend, choices=["torch", "onnx"],
           help="sentence-transformers backend of the embedding model: torch, or onnx (ONNX Runtime; needs "
           "optimum-onnx, which does not support transformers 5 yet)")
+    _flag(g, "vector-store", default=d.vector_store, choices=["faiss", "milvus"],
+          help="where the vectors live: faiss (in the knowledge folder) or milvus (one collection per knowledge "
+          "base; keyword and hybrid search run inside Milvus)")
+    _flag(g, "milvus-uri", default=None, metavar="URI",
+          help="Milvus to use with --vector-store milvus: a file path runs Milvus Lite in the process "
+          "(default: <knowledge-dir>/milvus.db), http(s)://host:19530 a Milvus server or cluster")
+    _flag(g, "milvus-token", default=None, metavar="TOKEN", help="Milvus credentials (user:password or API key)")
     _flag(g, "chunk-size", type=int, default=d.chunk_size, help="chunk size in characters")
     _flag(g, "chunk-overlap", type=int, default=d.chunk_overlap, help="chunk overlap in characters")
     _flag(g, "retrieval-top-k", type=int, default=d.retrieval_top_k, help="chunks retrieved per question")

@@ -18,7 +18,7 @@ import gradio as gr
 from rag.loaders import ocr_progress
 from rag.loaders.registry import describe_types
 from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase
-from rag.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseCorruptError
+from rag.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseCorruptError, VectorStoreMismatchError
 from rag.types import FileReport
 
 from .services import ChatService
@@ -26,7 +26,8 @@ from .services import ChatService
 log = logging.getLogger(__name__)
 
 FILE_COLUMNS = ["file", "size", "chunks", "added (UTC)"]
-KB_ERRORS = (InvalidKnowledgeBaseName, UnknownKnowledgeBase, EmbeddingMismatchError, KnowledgeBaseCorruptError)
+KB_ERRORS = (InvalidKnowledgeBaseName, UnknownKnowledgeBase, EmbeddingMismatchError, KnowledgeBaseCorruptError,
+             VectorStoreMismatchError)
 
 
 def received_by_gradio(path: Path, upload_folder: str | Path | None = None) -> bool:

@@ -79,7 +79,8 @@ def load_service(settings):
                              backend=settings.embedding_backend)
     fallback = embedder.name == BUNDLED_EMBEDDING_MODEL and settings.embedding_model is None
     registry = KnowledgeBaseRegistry(settings.knowledge_dir, embedder, chunk_size=settings.chunk_size,
-                                     chunk_overlap=settings.chunk_overlap)
+                                     chunk_overlap=settings.chunk_overlap, vector_store=settings.vector_store,
+                                     milvus_uri=settings.milvus_uri, milvus_token=settings.milvus_token)
     exporter = None
     if settings.export_history_path:
         from webui.export import HistoryExporter
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from llm.base import ModelLoadError
     from rag.embeddings import EmbeddingLoadError
-    from rag.store import EmbeddingMismatchError
+    from rag.store import EmbeddingMismatchError, VectorStoreMismatchError
     from webui.auth import ENV_VAR, access_log_config
     from webui.settings import parse_settings
 
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         service = load_service(settings)
-    except (ModelLoadError, EmbeddingLoadError, EmbeddingMismatchError) as exc:
+    except (ModelLoadError, EmbeddingLoadError, EmbeddingMismatchError, VectorStoreMismatchError) as exc:
         log.error("%s", exc)
         print(f"chatllm-webui: error: {exc}", file=sys.stderr)
         return 2

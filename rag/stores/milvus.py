@@ -66,12 +66,18 @@ class MilvusVectorStore:
             raise ImportError("the Milvus vector store needs pymilvus (and milvus-lite for a file uri): "
                               "pip install pymilvus milvus-lite") from exc
         self.uri, self.collection, self.dim = str(uri), collection, dim
+        if "://" not in self.uri:
+            # Milvus Lite answers pymilvus's AllocTimestamp call with "not implemented", which
+            # its in-process gRPC server logs as an ERROR with a traceback on every insert;
+            # pymilvus then goes on without it. Those lines say nothing to a user.
+            logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         self.client = client or MilvusClient(self.uri, **({"token": token} if token else {}))
         if self.client.has_collection(collection):
             found = self._dim_of_collection()
             if found is not None and found != dim:
                 raise ValueError(f"Milvus collection {collection!r} holds {found}-dimensional vectors, not {dim}: "
                                  "it was built with another embedding model; use another knowledge base")
+            self.client.load_collection(collection)  # a collection from an earlier run starts released
         else:
             self._create()
 
