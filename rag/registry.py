@@ -73,14 +73,17 @@ class KnowledgeBaseRegistry:
     Args:
         root: the folder holding one sub-folder per knowledge base (``--knowledge-dir``).
         embedder: the embedding model every knowledge base is opened with.
-        chunk_size, chunk_overlap: splitter settings for new files (characters).
+        chunk_size, chunk_overlap, chunk_unit: splitter settings for new files; None picks
+            the embedder's defaults (:func:`rag.splitter.chunk_settings`).
     """
 
-    def __init__(self, root: str | Path, embedder: "Embedder", *, chunk_size: int = 500, chunk_overlap: int = 50):
+    def __init__(self, root: str | Path, embedder: "Embedder", *, chunk_size: int | None = None,
+                 chunk_overlap: int | None = None, chunk_unit: str | None = None):
         self.root = Path(root)
         self.embedder = embedder
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
+        self.chunk_unit = chunk_unit
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.Lock()
 
@@ -113,7 +116,7 @@ class KnowledgeBaseRegistry:
                         f"no knowledge base named {name!r}: upload files to it first "
                         f"(existing: {', '.join(self.names()) or 'none'})")
                 kb = KnowledgeBase.open(self.root / name, self.embedder, chunk_size=self.chunk_size,
-                                        chunk_overlap=self.chunk_overlap)
+                                        chunk_overlap=self.chunk_overlap, chunk_unit=self.chunk_unit)
                 self._open[name] = kb
             return kb
 

@@ -28,7 +28,7 @@ from .fusion import DEFAULT_DENSE_WEIGHT, check_weight, convex_combination
 from .keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens, tokenize
 from .loaders import DocumentLoadError, load_file
 from .rerank import RERANK_CANDIDATES
-from .splitter import make_text_splitter, split_documents
+from .splitter import chunk_settings, make_text_splitter, searchable_text, split_documents
 from .types import RETRIEVAL_MODES, Chunk, FileReport, SearchResult
 
 if TYPE_CHECKING:
@@ -137,16 +137,19 @@ class KnowledgeBase:
     One process should own a folder at a time.
     """
 
-    def __init__(self, directory: Path, embedder: "Embedder", chunk_size: int, chunk_overlap: int,
-                 approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS):
+    def __init__(self, directory: Path, embedder: "Embedder", chunk_size: int | None, chunk_overlap: int | None,
+                 approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS, chunk_unit: str | None = None):
         """Use :meth:`open`; this only sets up an empty, unsaved state."""
         if isinstance(approximate_from, bool) or not isinstance(approximate_from, int) or approximate_from < 1:
             raise ValueError(f"approximate_from must be an integer >= 1, got {approximate_from!r}")
         self._directory = directory
         self._embedder = embedder
-        self._splitter = make_text_splitter(chunk_size, chunk_overlap)
+        chunk_size, chunk_overlap, chunk_unit = chunk_settings(embedder, chunk_size, chunk_overlap, chunk_unit)
+        self._splitter = make_text_splitter(chunk_size, chunk_overlap, chunk_unit,
+                                            getattr(embedder, "tokenizer", None))
         self._chunk_size = chunk_size
         self._chunk_overlap = chunk_overlap
+        self._chunk_unit = chunk_unit
         self._lock = threading.RLock()
         self._approximate_from = approximate_from
         self._index = empty_index(embedder.dim)
@@ -160,16 +163,18 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ open
 
     @classmethod
-    def open(cls, directory: str | Path, embedder: "Embedder", *, chunk_size: int = 500,
-             chunk_overlap: int = 50, approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS) -> "KnowledgeBase":
+    def open(cls, directory: str | Path, embedder: "Embedder", *, chunk_size: int | None = None,
+             chunk_overlap: int | None = None, approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS,
+             chunk_unit: str | None = None) -> "KnowledgeBase":
         """Open the knowledge base in ``directory``, creating it if missing.
 
         Args:
             directory: its folder; created (with parents) if missing.
             embedder: the embedding model (see :func:`rag.load_embedder`); must
                 be the one the knowledge base was built with.
-            chunk_size, chunk_overlap: splitter settings in characters for files
-                added from now on (see :func:`rag.make_text_splitter`).
+            chunk_size, chunk_overlap, chunk_unit: splitter settings for files added
+                from now on; None picks the embedder's defaults (:func:`rag.splitter.chunk_settings`:
+                tokens of its tokenizer, as many as it embeds).
             approximate_from: chunks from which dense search uses an IVF index
                 (:func:`build_index`); it switches when files are added or deleted
                 (back to flat below half of it), not on opening.
@@ -182,7 +187,7 @@ class KnowledgeBase:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        kb = cls(directory, embedder, chunk_size, chunk_overlap, approximate_from)
+        kb = cls(directory, embedder, chunk_size, chunk_overlap, approximate_from, chunk_unit)
         manifest_path = directory / disk.MANIFEST_NAME
         with kb._lock:
             if manifest_path.exists():
@@ -241,15 +246,18 @@ class KnowledgeBase:
                     f"the knowledge base at {self._directory} was built with embedding model "
                     f"{recorded_name!r} (dim {recorded_dim}), but {self._embedder.name!r} "
                     f"(dim {self._embedder.dim}) is loaded. Start with --embedding-model {recorded_name}, "
-                    "or use another knowledge-base folder (or delete this one) and upload the documents again")
+                    f"or re-embed it with the loaded model: `python -m rag reindex --kb {self._directory.name}` "
+                    "(add --embedding-model NAME for another; it keeps the base's files), or use another "
+                    "knowledge-base folder (or delete this one) and upload the documents again")
             logger.info("empty knowledge base at %s: switching its embedding model from %s to %s",
                         self._directory, recorded_name, self._embedder.name)
             index = empty_index(self._embedder.dim)
 
-        if (manifest.get("chunk_size"), manifest.get("chunk_overlap")) != (self._chunk_size, self._chunk_overlap):
-            logger.info("knowledge base at %s: files added from now on use chunk_size=%d, chunk_overlap=%d "
-                        "(was %s, %s)", self._directory, self._chunk_size, self._chunk_overlap,
-                        manifest.get("chunk_size"), manifest.get("chunk_overlap"))
+        recorded_chunking = (manifest.get("chunk_size"), manifest.get("chunk_overlap"), manifest.get("chunk_unit", "chars"))
+        if recorded_chunking != (self._chunk_size, self._chunk_overlap, self._chunk_unit):
+            logger.info("knowledge base at %s: files added from now on use chunk_size=%d, chunk_overlap=%d %s "
+                        "(was %s, %s %s)", self._directory, self._chunk_size, self._chunk_overlap, self._chunk_unit,
+                        *recorded_chunking)
         self._index = index
         self._chunks = chunks
         self._keywords = self._load_keywords(gen_dir, chunks)
@@ -287,7 +295,7 @@ class KnowledgeBase:
             logger.info("knowledge base at %s: recomputing the BM25 tokens of %d chunks (%s)",
                         self._directory, len(chunks), reason)
         for cid, chunk in chunks.items():
-            index.add(cid, chunk_tokens(chunk.text, chunk.source))
+            index.add(cid, chunk_tokens(searchable_text(chunk.text), chunk.source))
         return index
 
     def _tidy_file_copies(self) -> None:
@@ -341,6 +349,7 @@ class KnowledgeBase:
             "dim": self._embedder.dim,
             "chunk_size": self._chunk_size,
             "chunk_overlap": self._chunk_overlap,
+            "chunk_unit": self._chunk_unit,
             "files": len(self._files),
             "chunks": len(self._chunks),
             "created_at": self._created_at,
@@ -358,6 +367,74 @@ class KnowledgeBase:
                              self._directory)
             self._load()
             raise
+
+    # --------------------------------------------------------------- reindex
+
+    @classmethod
+    def reindex(cls, directory: str | Path, embedder: "Embedder", *, chunk_size: int | None = None,
+                chunk_overlap: int | None = None, chunk_unit: str | None = None,
+                progress: Callable[[str, int, int], None] | None = None,
+                on_chunks: Callable[[str, int, int], None] | None = None) -> tuple["KnowledgeBase", list[FileReport]]:
+        """Re-embed (and re-chunk) a knowledge base with ``embedder`` from the copies of its
+        files it keeps in ``files/``, whatever model built it (e.g. one made with
+        all-MiniLM-L6-v2, to move it to multilingual-e5-small).
+
+        Crash-safe: the new state is built in memory and saved as one new generation,
+        which the manifest points to only once it is complete (:mod:`rag.persistence`);
+        killed midway, the folder still opens as before (with its old model).
+
+        Args:
+            directory: the knowledge base's folder.
+            embedder, chunk_size, chunk_overlap, chunk_unit: as for :meth:`open`.
+            progress, on_chunks: as for :meth:`add_files`.
+
+        Returns:
+            (the reopened knowledge base, one report per file: "added" with its chunks, or
+            "refused" with the reason, e.g. a missing copy; refused files are left out).
+
+        Raises:
+            KnowledgeBaseCorruptError: not a readable knowledge base.
+        """
+        directory = Path(directory)
+        if not (directory / disk.MANIFEST_NAME).is_file():
+            raise KnowledgeBaseCorruptError(f"{directory}: no knowledge base here (no {disk.MANIFEST_NAME})")
+        kb = cls(directory, embedder, chunk_size, chunk_overlap, APPROXIMATE_INDEX_MIN_CHUNKS, chunk_unit)
+        with kb._lock:
+            manifest = kb._read_manifest()
+            gen_dir = directory / str(manifest.get("generation"))
+            try:
+                records = disk.read_json(gen_dir / "files.json")
+            except (OSError, ValueError) as exc:
+                raise KnowledgeBaseCorruptError(f"{gen_dir}: cannot read files.json ({exc}); restore the folder "
+                                                "from a backup or re-upload the documents") from exc
+            kb._generation = gen_dir.name
+            kb._created_at = manifest.get("created_at", kb._created_at)
+        reports = []
+        for i, record in enumerate(records):
+            key = record["name"]
+            if progress is not None:
+                progress(key, i, len(records))
+            copy = directory / disk.FILES_DIR / key
+            try:
+                if not copy.is_file():
+                    raise DocumentLoadError(f"{key}: its stored copy {copy} is missing; upload the file again")
+                pieces, tokens, vectors = kb._prepare(copy, key, key, on_chunks)
+            except DocumentLoadError as exc:
+                reports.append(FileReport(name=key, status="refused", reason=str(exc)))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the others
+                logger.exception("unexpected error while reindexing %s in %s", key, directory)
+                reports.append(FileReport(name=key, status="refused", reason=f"{key}: unexpected error "
+                                          f"({type(exc).__name__}: {exc}); see the log, upload the file again"))
+                continue
+            with kb._lock:
+                kb._insert(key, pieces, tokens, vectors, record)
+            reports.append(FileReport(name=key, status="added", chunks=len(pieces)))
+        with kb._lock:
+            kb._commit()
+            kb._tidy_file_copies()
+        logger.info("reindexed %s with %s: %d files, %d chunks", directory, embedder.name, len(kb._files), len(kb))
+        return kb, reports
 
     # ------------------------------------------------------------- add files
 
@@ -458,22 +535,7 @@ class KnowledgeBase:
             if self._is_unchanged(key, sha256):
                 return FileReport(name=name, status="skipped", reason=UNCHANGED_REASON)
 
-        docs = load_file(path, name=key)
-        pieces = split_documents(docs, self._splitter)
-        if not pieces:
-            raise DocumentLoadError(f"{name}: no text left after splitting; upload a file that contains text")
-        texts = [p.page_content for p in pieces]
-        tokens = [chunk_tokens(t, key) for t in texts]
-        batches = []
-        if on_chunks is not None:
-            on_chunks(name, 0, len(texts))
-        step = max(EMBED_BATCH, int(getattr(self._embedder, "batch_size", 0) or 0))
-        for start in range(0, len(texts), step):
-            batches.append(self._embedder.embed_documents(texts[start:start + step]))
-            if on_chunks is not None:
-                on_chunks(name, min(start + step, len(texts)), len(texts))
-        vectors = np.ascontiguousarray(np.concatenate(batches), dtype=np.float32)
-
+        pieces, tokens, vectors = self._prepare(path, key, name, on_chunks)
         incoming = self._directory / disk.INCOMING_DIR
         incoming.mkdir(exist_ok=True)
         tmp_copy = incoming / f"{uuid.uuid4().hex}.part"
@@ -483,21 +545,7 @@ class KnowledgeBase:
             with self._lock:
                 if self._is_unchanged(key, sha256):  # another thread stored it meanwhile
                     return FileReport(name=name, status="skipped", reason=UNCHANGED_REASON)
-                self._remove_chunks_of(key)
-                ids = np.arange(self._next_id, self._next_id + len(pieces), dtype=np.int64)
-                self._next_id += len(pieces)
-                self._index.add_with_ids(vectors, ids)
-                for chunk_id, piece, toks in zip(ids.tolist(), pieces, tokens):
-                    meta = {k: v for k, v in piece.metadata.items() if k not in ("source", "page")}
-                    self._chunks[chunk_id] = Chunk(id=chunk_id, text=piece.page_content, source=key,
-                                                   page=piece.metadata.get("page"), metadata=meta)
-                    self._keywords.add(chunk_id, toks)
-                self._fit_index()
-                self._files.pop(key, None)
-                self._files[key] = {
-                    "name": key, "chunks": len(pieces), "size": len(data), "added_at": _utc_now(),
-                    "sha256": sha256, "chunk_size": self._chunk_size, "chunk_overlap": self._chunk_overlap,
-                }
+                self._insert(key, pieces, tokens, vectors, {"size": len(data), "added_at": _utc_now(), "sha256": sha256})
                 if pending is None:
                     self._commit_or_reload()
                     self._keep_copy(tmp_copy, key)
@@ -508,6 +556,45 @@ class KnowledgeBase:
             if not keep_tmp:
                 tmp_copy.unlink(missing_ok=True)
         return FileReport(name=name, status="added", chunks=len(pieces))
+
+    def _prepare(self, path: Path, key: str, name: str,
+                 on_chunks: Callable[[str, int, int], None] | None = None) -> tuple[list, list[list[str]], np.ndarray]:
+        """Load, split, tokenize and embed one file (outside the lock): (chunk Documents,
+        their BM25 tokens, their vectors of shape (n, dim))."""
+        docs = load_file(path, name=key)
+        pieces = split_documents(docs, self._splitter)
+        if not pieces:
+            raise DocumentLoadError(f"{name}: no text left after splitting; upload a file that contains text")
+        texts = [searchable_text(p.page_content) for p in pieces]
+        tokens = [chunk_tokens(t, key) for t in texts]
+        batches = []
+        if on_chunks is not None:
+            on_chunks(name, 0, len(texts))
+        step = max(EMBED_BATCH, int(getattr(self._embedder, "batch_size", 0) or 0))
+        for start in range(0, len(texts), step):
+            batches.append(self._embedder.embed_documents(texts[start:start + step]))
+            if on_chunks is not None:
+                on_chunks(name, min(start + step, len(texts)), len(texts))
+        return pieces, tokens, np.ascontiguousarray(np.concatenate(batches), dtype=np.float32)
+
+    def _insert(self, key: str, pieces: list, tokens: list[list[str]], vectors: np.ndarray,
+                record: dict[str, Any]) -> None:
+        """Replace a file's chunks in memory by these (under the lock; not saved).
+        ``record``: its "size", "added_at" and "sha256"."""
+        self._remove_chunks_of(key)
+        ids = np.arange(self._next_id, self._next_id + len(pieces), dtype=np.int64)
+        self._next_id += len(pieces)
+        self._index.add_with_ids(vectors, ids)
+        for chunk_id, piece, toks in zip(ids.tolist(), pieces, tokens):
+            meta = {k: v for k, v in piece.metadata.items() if k not in ("source", "page")}
+            self._chunks[chunk_id] = Chunk(id=chunk_id, text=piece.page_content, source=key,
+                                           page=piece.metadata.get("page"), metadata=meta)
+            self._keywords.add(chunk_id, toks)
+        self._fit_index()
+        self._files.pop(key, None)
+        self._files[key] = {"name": key, "chunks": len(pieces), "size": record["size"], "added_at": record["added_at"],
+                            "sha256": record["sha256"], "chunk_size": self._chunk_size,
+                            "chunk_overlap": self._chunk_overlap, "chunk_unit": self._chunk_unit}
 
     def _keep_copy(self, tmp_copy: Path, key: str) -> None:
         """Move the committed file's copy into ``files/``. A failure here only

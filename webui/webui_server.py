@@ -66,7 +66,7 @@ def load_service(settings):
             or ``--embedding-backend onnx`` cannot work here.
         rag.store.EmbeddingMismatchError: the knowledge base was built with another embedding model.
     """
-    from rag.embeddings import BUNDLED_EMBEDDING_MODEL, check_backend, load_embedder
+    from rag.embeddings import DEFAULT_EMBEDDING_MODEL, check_backend, load_embedder
     from rag.registry import KnowledgeBaseRegistry
     from webui.services import ChatService
 
@@ -74,9 +74,9 @@ def load_service(settings):
     model = load_model(settings)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None,
                              backend=settings.embedding_backend)
-    fallback = embedder.name == BUNDLED_EMBEDDING_MODEL and settings.embedding_model is None
+    fallback = embedder.name != DEFAULT_EMBEDDING_MODEL and settings.embedding_model is None
     registry = KnowledgeBaseRegistry(settings.knowledge_dir, embedder, chunk_size=settings.chunk_size,
-                                     chunk_overlap=settings.chunk_overlap)
+                                     chunk_overlap=settings.chunk_overlap, chunk_unit=settings.chunk_unit)
     exporter = None
     if settings.export_history_path:
         from webui.export import HistoryExporter
