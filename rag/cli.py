@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from .embeddings import DEFAULT_EMBEDDING_MODEL, EmbeddingLoadError, load_embedder
+from .fusion import DEFAULT_SCORE_THRESHOLD
 from .loaders import SUPPORTED_EXTENSIONS
 from .persistence import safe_file_name
 from .registry import (InvalidKnowledgeBaseName, KnowledgeBaseRegistry, UnknownKnowledgeBase, check_name,
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=5, help="chunks to show (default: %(default)s)")
     s.add_argument("--mode", choices=RETRIEVAL_MODES, default="hybrid", help="retriever (default: %(default)s)")
     s.add_argument("--score-threshold", type=float, default=None,
-                   help="least cosine similarity of a chunk (default: none)")
+                   help="least relevance of a chunk in [0, 1], the larger of its calibrated cosine and the question's "
+                   "keyword coverage, as the server's --score-threshold (default: none)")
     s.add_argument("--reranker-model", default=None, metavar="NAME", help="cross-encoder to rerank with")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -121,12 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="measure retrieval on a SQuAD-format file (e.g. CMRC 2018 dev)")
     s.add_argument("file", type=Path, help="SQuAD-format JSON file")
     s.add_argument("--limit", type=int, default=None, help="ask only the first N questions")
+    s.add_argument("--skip", type=int, default=0, metavar="N",
+                   help="leave out the first N questions (e.g. those a setting was tuned on)")
     s.add_argument("--articles", type=int, default=None, help="ingest only the first N articles")
-    s.add_argument("--modes", default="dense,bm25,hybrid",
-                   help="comma-separated: dense, bm25, hybrid, hybrid+rerank, rrf (default: %(default)s; "
-                   "hybrid+rerank is added when --reranker-model is given)")
+    s.add_argument("--modes", default="hybrid,bm25,dense",
+                   help="comma-separated: hybrid (the server's), bm25, dense, hybrid+rerank, and the hybrid with another "
+                   "fusion: rrf, convex, convex-bound (default: %(default)s; hybrid+rerank is added when "
+                   "--reranker-model is given)")
     s.add_argument("--dense-weights", default=None, metavar="W[,W...]",
-                   help="hybrid dense weight(s) in [0, 1] to measure (default: the built-in one)")
+                   help="dense weight(s) in [0, 1] of the convex fusions to measure (default: the built-in one)")
+    s.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                   help="least relevance, as the server's (default: %(default)s, the server's; -1: none)")
+    s.add_argument("--unanswerable", type=Path, default=None, metavar="FILE",
+                   help="questions the documents cannot answer, one per line: the share left with no passage")
+    s.add_argument("--foreign-docs", type=Path, nargs="+", default=None, metavar="PATH",
+                   help="files (or folders) of other documents: the first 100 questions are asked of a base of "
+                   "them, and the share left with no passage reported")
+    s.add_argument("--reuse-kb", action="store_true",
+                   help="with --keep-kb DIR, reuse the knowledge base already built there")
     s.add_argument("--reranker-model", default=None, metavar="NAME", help="cross-encoder for hybrid+rerank")
     s.add_argument("--doc-names", choices=["title", "id"], default="title",
                    help="name each article's document after its title or its id (default: %(default)s)")
@@ -340,7 +354,7 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     """``eval``: run :func:`rag.evaluation.run_eval` and print its Markdown report."""
-    from .evaluation import EvalFormatError, format_report, run_eval
+    from .evaluation import EvalFormatError, format_report, load_questions, run_eval
     from .fusion import check_weight
     from .rerank import load_reranker
 
@@ -352,11 +366,17 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         embedder = load_embedder(args.embedding_model)
         reranker = load_reranker(args.reranker_model) if "hybrid+rerank" in modes else None
         kwargs = {"dense_weights": weights} if weights else {}
+        unanswerable = load_questions(args.unanswerable) if args.unanswerable else []
+        foreign, refused = collect_files(args.foreign_docs) if args.foreign_docs else ([], [])
+        if refused:
+            raise CliError("; ".join(r.reason or r.name for r in refused))
         report = run_eval(args.file, embedder, modes=modes, reranker=reranker, reranker_name=args.reranker_model,
                           limit=args.limit, max_articles=args.articles, chunk_size=args.chunk_size,
-                          chunk_overlap=args.chunk_overlap, doc_names=args.doc_names, workdir=args.keep_kb,
-                          progress=not args.no_progress, **kwargs)
-    except (EvalFormatError, FileNotFoundError, EmbeddingLoadError, ValueError) as exc:
+                          chunk_overlap=args.chunk_overlap, chunk_unit=args.chunk_unit,
+                          score_threshold=None if args.score_threshold < 0 else args.score_threshold,
+                          unanswerable=unanswerable, foreign_docs=foreign, doc_names=args.doc_names,
+                          workdir=args.keep_kb, reuse=args.reuse_kb, skip=max(args.skip, 0), progress=not args.no_progress, **kwargs)
+    except (EvalFormatError, OSError, EmbeddingLoadError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     print(format_report(report), file=out)
     if args.json_out:

@@ -96,6 +96,7 @@ class KeywordIndex:
         self._tokens: dict[int, list[str]] = {}
         self._bm25 = None  # bm25s.BM25, rebuilt lazily
         self._ids = np.zeros(0, dtype=np.int64)
+        self._df: dict[str, int] = {}
         self._dirty = True
 
     def __len__(self) -> int:
@@ -129,6 +130,11 @@ class KeywordIndex:
         _quiet_library_logger("bm25s")
         ids = sorted(self._tokens)
         self._ids = np.asarray(ids, dtype=np.int64)
+        df: dict[str, int] = {}
+        for toks in self._tokens.values():
+            for t in set(toks):
+                df[t] = df.get(t, 0) + 1
+        self._df = df
         if ids:
             bm25 = bm25s.BM25(k1=self.k1, b=self.b)
             bm25.index([self._tokens[i] for i in ids], show_progress=False)
@@ -136,6 +142,18 @@ class KeywordIndex:
         else:
             self._bm25 = None
         self._dirty = False
+
+    def idf(self, tokens: Sequence[str]) -> dict[str, float]:
+        """BM25's (Lucene's) inverse document frequency of each distinct token:
+        ``log(1 + (N - df + 0.5) / (df + 0.5))`` over the N chunks; a token found in no
+        chunk gets the largest value, ``log(1 + (N + 0.5) / 0.5)``."""
+        self._ensure_built()
+        n = len(self._tokens)
+        return {t: float(np.log1p((n - self._df.get(t, 0) + 0.5) / (self._df.get(t, 0) + 0.5))) for t in set(tokens)}
+
+    def chunk_token_set(self, chunk_id: int) -> frozenset[str]:
+        """The distinct tokens of one chunk (empty for an unknown id)."""
+        return frozenset(self._tokens.get(int(chunk_id), ()))
 
     def scores(self, query_tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """BM25 score of every indexed chunk for a tokenized query.

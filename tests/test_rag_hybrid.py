@@ -104,7 +104,8 @@ def test_each_mode_ranks_by_its_own_score_and_reports_cosine(docs_kb):
     bm25 = docs_kb.search(q, top_k=5, mode="bm25")
     assert all(r.score == r.scores["bm25"] > 0 for r in bm25)
     d = hybrid[0].to_dict()
-    assert set(d["scores"]) == {"cosine", "bm25", "hybrid"} and d["retriever"] == "hybrid"
+    assert set(d["scores"]) == {"cosine", "bm25", "hybrid", "coverage", "relevance"} and d["retriever"] == "hybrid"
+    assert all(0 <= r.scores["coverage"] <= 1 and 0 <= r.scores["relevance"] <= 1 for r in hybrid)
 
 
 def test_keyword_search_finds_an_exact_identifier(docs_kb):
@@ -114,16 +115,18 @@ def test_keyword_search_finds_an_exact_identifier(docs_kb):
     assert docs_kb.search("zyxwvut qqqq", top_k=3, mode="bm25") == [], "nothing shares a word"
 
 
-def test_score_threshold_applies_to_cosine_in_every_mode(docs_kb):
+def test_score_threshold_gates_the_question_on_relevance_in_every_mode(docs_kb):
     q = "How do I install DeepSpeed?"
     for mode in ("dense", "bm25", "hybrid"):
-        kept = docs_kb.search(q, top_k=10, mode=mode, score_threshold=0.5)
-        assert kept and all(r.scores["cosine"] >= 0.5 for r in kept), mode
-        assert docs_kb.search(q, top_k=10, mode=mode, score_threshold=0.99) == [], mode
-    # hybrid fills top_k with passing chunks, not just the passing ones among the first top_k
-    everything = docs_kb.search(q, top_k=3, mode="hybrid", score_threshold=-1.0)
-    passing = docs_kb.search(q, top_k=3, mode="hybrid", score_threshold=0.45)
-    assert len(everything) == 3 and len(passing) == 3
+        ranking = docs_kb.search(q, top_k=10, mode=mode)
+        best = max(r.scores["relevance"] for r in ranking)
+        # passing: the ranking is returned untouched (the threshold does not thin it out)
+        kept = docs_kb.search(q, top_k=10, mode=mode, score_threshold=best)
+        assert [r.chunk.id for r in kept] == [r.chunk.id for r in ranking], mode
+        assert docs_kb.search(q, top_k=10, mode=mode, score_threshold=best + 1e-3) == [], mode
+    # relevance = max(calibrated cosine, keyword coverage): both words of the question in a chunk -> 1
+    assert docs_kb.search(q, top_k=1, mode="hybrid")[0].scores["coverage"] == pytest.approx(1.0)
+    assert docs_kb.search("quantum chromodynamics lattice", top_k=3, mode="hybrid", score_threshold=0.5) == []
     with pytest.raises(ValueError, match="unknown retrieval mode"):
         docs_kb.search(q, mode="sparse")
 

@@ -122,7 +122,7 @@ def delete_file(kb: str, name: str, service: ChatService = Depends(get_service))
 @router.post("/{kb}/search", response_model=SearchReply, responses=ERRORS)
 def search(kb: str, req: SearchRequest, service: ChatService = Depends(get_service)) -> SearchReply:
     """The best chunks of ``kb`` for ``query``, best first, found as the page finds them
-    (the server's retriever and reranker, or ``mode``); ``score_threshold`` is on the cosine."""
+    (the server's retriever and reranker, or ``mode``); ``score_threshold`` is on the relevance (rag.fusion.relevance)."""
     _kb(service, kb)  # 400 / 404 for a bad or unknown name
     results = service.retrieve(req.query, top_k=req.top_k, score_threshold=req.score_threshold, kb=kb,
                                mode=req.mode)

@@ -188,7 +188,7 @@ class ChatService:
         ``mode`` is the retriever ("hybrid", "dense" or "bm25"; default
         ``settings.retrieval_mode``); the server's reranker, if any, re-orders
         the results; ``score_threshold`` (default ``settings.score_threshold``)
-        is the least cosine similarity. See :meth:`rag.store.KnowledgeBase.search`
+        is the least relevance (:func:`rag.fusion.relevance`). See :meth:`rag.store.KnowledgeBase.search`
         for the meaning of each result's ``score`` and ``scores``.
 
         Raises:

@@ -18,6 +18,7 @@ from llm.base import GenerationParams
 from llm.loader import DEFAULT_MODEL_PATH
 from llm.templates import MODEL_TYPES
 from rag.embeddings import DEFAULT_EMBEDDING_MODEL
+from rag.fusion import DEFAULT_SCORE_THRESHOLD
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_KNOWLEDGE_DIR = PROJECT_ROOT / "knowledge"
@@ -79,7 +80,7 @@ class Settings:
     chunk_overlap: int | None = None
     chunk_unit: str = "tokens"
     retrieval_top_k: int = 3
-    score_threshold: float = 0.3
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
     retrieval_mode: str = "hybrid"
     reranker_model: str | None = None
     no_relevant_passage: str = "answer"
@@ -172,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
           help="what chunk sizes count: tokens of the embedding model's tokenizer, or characters")
     _flag(g, "retrieval-top-k", type=int, default=d.retrieval_top_k, help="chunks retrieved per question")
     _flag(g, "score-threshold", type=float, default=d.score_threshold,
-          help="least cosine similarity for a chunk to be used (-1 keeps all)")
+          help="least relevance, in [0, 1], that the best chunk of a question must reach, else 'no relevant "
+          "passage': the larger of a chunk's calibrated cosine and the share of the question's keyword weight it "
+          "holds (rag.fusion.relevance); passing questions keep their ranking. The page slider and the API's "
+          "score_threshold mean the same; -1 keeps all")
     _flag(g, "retrieval-mode", default=d.retrieval_mode, choices=["hybrid", "dense", "bm25"],
           help="retriever: hybrid (dense + BM25, fused), dense (embeddings) or bm25 (keywords)")
     _flag(g, "reranker-model", default=None, metavar="NAME",
