@@ -29,7 +29,7 @@ from .fusion import (DEFAULT_DENSE_WEIGHT, DEFAULT_FUSION, FUSIONS, bm25_upper_b
 from .keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens, tokenize
 from .loaders import DocumentLoadError, load_file
 from .rerank import RERANK_CANDIDATES
-from .splitter import chunk_settings, make_text_splitter, searchable_text, split_documents
+from .splitter import chunk_settings, make_text_splitter, searchable_text, split_documents, visible_markdown
 from .types import RETRIEVAL_MODES, Chunk, FileReport, SearchResult
 
 if TYPE_CHECKING:
@@ -563,6 +563,9 @@ class KnowledgeBase:
         """Load, split, tokenize and embed one file (outside the lock): (chunk Documents,
         their BM25 tokens, their vectors of shape (n, dim))."""
         docs = load_file(path, name=key)
+        if key.lower().endswith((".md", ".markdown")):  # Markdown: chunk its visible text
+            for doc in docs:
+                doc.page_content = visible_markdown(doc.page_content)
         pieces = split_documents(docs, self._splitter)
         if not pieces:
             raise DocumentLoadError(f"{name}: no text left after splitting; upload a file that contains text")
