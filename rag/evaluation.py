@@ -2,14 +2,21 @@
 
 Each article becomes one ``.txt`` document (its paragraphs' contexts joined by
 blank lines, named after its title) and goes through the real ingestion
-pipeline (:meth:`rag.store.KnowledgeBase.add_files`: loader, splitter,
-tokenizer, embedding model, FAISS). Then every question is asked in each
-retrieval mode and a retrieved chunk counts as a hit when it contains one of
-the question's gold answer texts (exact substring), as in the CMRC 2018 /
-SQuAD answer spans. Reported per mode: hit@1, hit@5, MRR@10 (mean of 1/rank
-of the first hit within the top 10, 0 when none) and mean retrieval time per
-question. Each question is embedded once (timed separately) and the vector is
-reused by every mode, so the modes' times compare retrieval alone.
+pipeline (:meth:`rag.store.KnowledgeBase.add_files`: loader, splitter with the
+server's default chunking, tokenizer, embedding model, FAISS). Then every
+question is asked in each retrieval mode **with the server's score threshold**
+(:data:`rag.fusion.DEFAULT_SCORE_THRESHOLD`, unless told otherwise), and a
+retrieved chunk counts as a hit when it contains one of the question's gold
+answer texts (exact substring), as in the CMRC 2018 / SQuAD answer spans.
+Reported per mode: hit@1, hit@5, MRR@10 (mean of 1/rank of the first hit within
+the top 10, 0 when none), the same hit@1/hit@5 without the threshold, the share
+of questions left with no passage, and the refusals: the share of questions the
+base cannot answer (``unanswerable``, e.g. DeepSpeed questions of a CMRC base)
+and of these questions asked of a base of other documents (``foreign_docs``)
+that correctly get no passage. "hybrid" is the server's pipeline; "rrf",
+"convex" and "convex-bound" are the hybrid with another fusion
+(:data:`rag.fusion.FUSIONS`). Each question is embedded once (timed separately)
+and the vector is reused by every mode, so the modes' times compare retrieval alone.
 
 Format (SQuAD v1.1, https://rajpurkar.github.io/SQuAD-explorer/):
 ``{"data": [{"title": str, "id"?: str, "paragraphs": [{"context": str,
@@ -27,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .fusion import DEFAULT_DENSE_WEIGHT, reciprocal_rank_fusion
+from .fusion import DEFAULT_DENSE_WEIGHT, DEFAULT_SCORE_THRESHOLD, FUSIONS
 from .persistence import safe_file_name
 from .types import SearchResult
 
@@ -36,12 +43,11 @@ if TYPE_CHECKING:
     from .rerank import Reranker
     from .store import KnowledgeBase
 
-#: Modes ``evaluate`` knows: the three retrievers, the hybrid reranked, and
-#: reciprocal rank fusion of dense and BM25 (for comparison with the convex fusion).
-EVAL_MODES = ("dense", "bm25", "hybrid", "hybrid+rerank", "rrf")
-#: Depth of the ranking scored (MRR@10, and the candidates RRF fuses per retriever use 50).
+#: Modes ``evaluate`` knows: the three retrievers, the hybrid reranked, and the hybrid with
+#: each fusion of :data:`rag.fusion.FUSIONS` (for comparing them).
+EVAL_MODES = ("dense", "bm25", "hybrid", "hybrid+rerank", "rrf", "convex", "convex-bound")
+#: Depth of the ranking scored (MRR@10).
 RANK_DEPTH = 10
-RRF_DEPTH = 50
 
 
 class EvalFormatError(ValueError):
@@ -79,6 +85,12 @@ class ModeResult:
         query_ms: mean wall time of the search per question in milliseconds
             (with the question's embedding precomputed by :func:`run_eval`; see
             :attr:`EvalReport.embed_query_ms`).
+        hit1_all, hit5_all: hit@1 / hit@5 without the score threshold.
+        no_passage: share of the questions the threshold left with no passage.
+        refused_unanswerable: share of the unanswerable questions left with no passage
+            (None when none were given).
+        refused_foreign: share of the questions, asked of a base of other documents, left
+            with no passage (None when no foreign documents were given).
         note: why a mode was not measured ("" when it was).
     """
 
@@ -88,6 +100,11 @@ class ModeResult:
     hit5: float = 0.0
     mrr: float = 0.0
     query_ms: float = 0.0
+    hit1_all: float = 0.0
+    hit5_all: float = 0.0
+    no_passage: float = 0.0
+    refused_unanswerable: float | None = None
+    refused_foreign: float | None = None
     note: str = ""
 
 
@@ -103,6 +120,10 @@ class EvalReport:
     chunk_size: int
     chunk_overlap: int
     ingest_s: float
+    chunk_unit: str = "tokens"
+    score_threshold: float | None = None
+    unanswerable: int = 0
+    foreign_chunks: int = 0
     embed_query_ms: float = 0.0
     ingest_refused: list[str] = field(default_factory=list)
     results: list[ModeResult] = field(default_factory=list)
@@ -180,7 +201,11 @@ class _PrecomputedQueries:
         self.dim = embedder.dim
         self.vectors: dict[str, np.ndarray] = {}
 
-    def embed_documents(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
+    def __getattr__(self, name: str):  # tokenizer, max_seq_length, token_overhead, batch_size, ...
+        return getattr(self.embedder, name)
+
+    def embed_documents(self, texts: Sequence[str], batch_size: int | None = None,
+                        show_progress: bool = False) -> np.ndarray:
         return self.embedder.embed_documents(texts, batch_size=batch_size, show_progress=show_progress)
 
     def embed_query(self, text: str) -> np.ndarray:
@@ -195,17 +220,41 @@ def _first_hit(results: Sequence[SearchResult], answers: Sequence[str]) -> int |
     return None
 
 
+def _search(kb: "KnowledgeBase", text: str, mode: str, threshold: float | None, reranker, dense_weight: float,
+            top_k: int = RANK_DEPTH) -> list[SearchResult]:
+    if mode in FUSIONS:
+        return kb.search(text, top_k=top_k, score_threshold=threshold, mode="hybrid", fusion=mode,
+                         dense_weight=dense_weight)
+    return kb.search(text, top_k=top_k, score_threshold=threshold, mode=mode.split("+")[0],
+                     reranker=reranker if mode == "hybrid+rerank" else None, dense_weight=dense_weight)
+
+
+def _refused(kb: "KnowledgeBase | None", questions: Sequence[str], mode: str, threshold: float | None, reranker,
+             dense_weight: float) -> float | None:
+    if kb is None or not questions:
+        return None
+    return sum(not _search(kb, q, mode, threshold, reranker, dense_weight, top_k=1) for q in questions) / len(questions)
+
+
 def evaluate_mode(kb: "KnowledgeBase", questions: Sequence[Question], mode: str, *,
                   reranker: "Reranker | None" = None, dense_weight: float = DEFAULT_DENSE_WEIGHT,
+                  score_threshold: float | None = DEFAULT_SCORE_THRESHOLD, unanswerable: Sequence[str] = (),
+                  foreign_kb: "KnowledgeBase | None" = None, foreign_questions: Sequence[str] = (),
                   label: str | None = None, on_question: Callable[[], None] | None = None) -> ModeResult:
-    """Ask every question in one mode and score the rankings (no score threshold).
+    """Ask every question in one mode and score the rankings, with and without the threshold.
 
     Args:
         kb: the knowledge base holding the articles.
         questions: the questions.
         mode: one of :data:`EVAL_MODES`.
         reranker: needed for ``"hybrid+rerank"``.
-        dense_weight: the hybrid weight (see :mod:`rag.fusion`).
+        dense_weight: the hybrid weight of convex fusions (see :mod:`rag.fusion`).
+        score_threshold: the least relevance (see :meth:`rag.store.KnowledgeBase.search`);
+            None applies none.
+        unanswerable: questions ``kb`` cannot answer: the share left with no passage is
+            :attr:`ModeResult.refused_unanswerable`.
+        foreign_kb, foreign_questions: a base of other documents and questions it cannot
+            answer (:attr:`ModeResult.refused_foreign`).
         label: the row's name (default ``mode``).
         on_question: called after each question (progress bars).
 
@@ -216,54 +265,71 @@ def evaluate_mode(kb: "KnowledgeBase", questions: Sequence[Question], mode: str,
         raise ValueError(f"unknown eval mode {mode!r}: use one of {', '.join(EVAL_MODES)}")
     if mode == "hybrid+rerank" and reranker is None:
         raise ValueError("mode 'hybrid+rerank' needs a reranker (--reranker-model)")
-    hit1 = hit5 = 0
+    hit1 = hit5 = hit1_all = hit5_all = empty = 0
     rr = 0.0
-    start = time.perf_counter()
+    elapsed = 0.0
     for q in questions:
-        if mode == "rrf":
-            dense = kb.search(q.text, top_k=RRF_DEPTH, mode="dense")
-            bm25 = kb.search(q.text, top_k=RRF_DEPTH, mode="bm25")
-            by_id = {r.chunk.id: r for r in dense + bm25}
-            fused = reciprocal_rank_fusion([[r.chunk.id for r in dense], [r.chunk.id for r in bm25]])
-            results = [by_id[cid] for cid, _ in fused[:RANK_DEPTH]]
-        else:
-            results = kb.search(q.text, top_k=RANK_DEPTH, mode=mode.split("+")[0],
-                                reranker=reranker if mode == "hybrid+rerank" else None, dense_weight=dense_weight)
+        start = time.perf_counter()
+        results = _search(kb, q.text, mode, score_threshold, reranker, dense_weight)
+        elapsed += time.perf_counter() - start
+        empty += not results
         rank = _first_hit(results, q.answers)
         if rank is not None:
             hit1 += rank == 1
             hit5 += rank <= 5
             rr += 1.0 / rank
+        if score_threshold is not None:
+            rank = _first_hit(_search(kb, q.text, mode, None, reranker, dense_weight), q.answers)
+        hit1_all += rank == 1 if rank is not None else 0
+        hit5_all += rank <= 5 if rank is not None else 0
         if on_question is not None:
             on_question()
-    elapsed = time.perf_counter() - start
-    n = len(questions)
-    return ModeResult(mode=label or mode, questions=n, hit1=hit1 / n if n else 0.0, hit5=hit5 / n if n else 0.0,
-                      mrr=rr / n if n else 0.0, query_ms=1000 * elapsed / n if n else 0.0)
+    n = max(len(questions), 1)
+    return ModeResult(mode=label or mode, questions=len(questions), hit1=hit1 / n, hit5=hit5 / n, mrr=rr / n,
+                      query_ms=1000 * elapsed / n, hit1_all=hit1_all / n, hit5_all=hit5_all / n, no_passage=empty / n,
+                      refused_unanswerable=_refused(kb, unanswerable, mode, score_threshold, reranker, dense_weight),
+                      refused_foreign=_refused(foreign_kb, foreign_questions, mode, score_threshold, reranker,
+                                               dense_weight))
+
+
+def load_questions(path: str | Path) -> list[str]:
+    """Questions from a text file, one per line (blank lines and lines starting with # skipped)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = ("dense", "bm25", "hybrid"),
              reranker: "Reranker | None" = None, reranker_name: str | None = None,
              dense_weights: Sequence[float] = (DEFAULT_DENSE_WEIGHT,), limit: int | None = None,
-             max_articles: int | None = None, chunk_size: int = 500, chunk_overlap: int = 50,
-             doc_names: str = "title", workdir: str | Path | None = None, commit_every: int = 100,
-             progress: bool = False) -> EvalReport:
+             max_articles: int | None = None, chunk_size: int | None = None, chunk_overlap: int | None = None,
+             chunk_unit: str | None = None, score_threshold: float | None = DEFAULT_SCORE_THRESHOLD,
+             unanswerable: Sequence[str] = (), foreign_docs: Sequence[str | Path] = (), foreign_limit: int = 100,
+             doc_names: str = "title", workdir: str | Path | None = None, reuse: bool = False, skip: int = 0,
+             commit_every: int = 100, progress: bool = False) -> EvalReport:
     """Ingest a SQuAD file's articles into a fresh knowledge base and evaluate retrieval.
 
     Args:
         path: the SQuAD-format file.
         embedder: the embedding model.
-        modes: modes to measure (:data:`EVAL_MODES`); ``"hybrid"`` is measured
-            once per weight in ``dense_weights``.
+        modes: modes to measure (:data:`EVAL_MODES`); the convex fusions ("convex",
+            "convex-bound") are measured once per weight in ``dense_weights``.
         reranker: the loaded reranker for ``"hybrid+rerank"``; when that mode is
             asked for without one, its row says why it was not measured
             (``reranker_name`` names the model that failed to load).
-        limit: ask only the first ``limit`` questions (of the ingested articles).
+        limit: ask only the first ``limit`` questions (of the ingested articles, after ``skip``).
+        skip: leave out the first ``skip`` questions (e.g. those a setting was tuned on).
         max_articles: ingest only the first ``max_articles`` articles.
-        chunk_size, chunk_overlap: the splitter settings (characters).
+        chunk_size, chunk_overlap, chunk_unit: the splitter settings; None = the
+            server's defaults for ``embedder`` (:func:`rag.splitter.chunk_settings`).
+        score_threshold: the least relevance (the server's default; None: no threshold).
+        unanswerable: questions the articles cannot answer (refusal figures).
+        foreign_docs: files for a second base; the first ``foreign_limit`` questions are
+            asked of it (refusal figures).
         doc_names: see :func:`load_squad`.
         workdir: where to build the knowledge base (kept); default a temporary
             folder, deleted afterwards.
+        reuse: with ``workdir``, open the knowledge base already built there (by an
+            earlier run with the same articles and embedder) instead of ingesting.
         commit_every: files added between two saves (see :meth:`KnowledgeBase.add_files`).
         progress: show tqdm progress bars on stderr.
 
@@ -272,7 +338,8 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
 
     Raises:
         EvalFormatError, FileNotFoundError: see :func:`load_squad`.
-        ValueError: unknown mode, limit/max_articles < 1, or a folder ``workdir`` that already holds files.
+        ValueError: unknown mode, limit/max_articles < 1, or a folder ``workdir`` that already
+            holds files (without ``reuse``).
     """
     from tqdm import tqdm
 
@@ -289,6 +356,7 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
         articles = articles[:max_articles]
         kept = {a.id for a in articles}
         questions = [q for q in questions if q.article_id in kept]
+    questions = questions[skip:]
     if limit is not None:
         questions = questions[:limit]
 
@@ -302,12 +370,13 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
             paths.append(p)
         if workdir is not None:
             kb_dir = Path(workdir)
-            if kb_dir.exists() and any(kb_dir.iterdir()):
+            if kb_dir.exists() and any(kb_dir.iterdir()) and not reuse:
                 raise ValueError(f"{kb_dir} is not empty: give a new folder for --keep-kb")
         else:
             kb_dir = Path(tmp) / "kb"
         cached = _PrecomputedQueries(embedder)
-        kb = KnowledgeBase.open(kb_dir, cached, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+        kb = KnowledgeBase.open(kb_dir, cached, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                                chunk_unit=chunk_unit)
         bar = tqdm(total=len(paths), desc="ingesting articles", unit="doc", disable=not progress)
         start = time.perf_counter()
 
@@ -315,53 +384,74 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
             bar.update(i - bar.n)
             bar.set_postfix_str(name[:30])
 
-        reports = kb.add_files(paths, progress=on_file, commit_every=commit_every)
+        reports = [] if reuse and len(kb) else kb.add_files(paths, progress=on_file, commit_every=commit_every)
         bar.update(len(paths) - bar.n)
         bar.close()
         ingest_s = time.perf_counter() - start
-        qbar = tqdm(total=len(questions), desc="embedding questions", unit="q", disable=not progress)
+        foreign_kb = None
+        if foreign_docs:
+            foreign_kb = KnowledgeBase.open(Path(tmp) / "foreign", cached, chunk_size=chunk_size,
+                                            chunk_overlap=chunk_overlap, chunk_unit=chunk_unit)
+            foreign_kb.add_files(list(foreign_docs))
+        foreign_questions = [q.text for q in questions[:foreign_limit]] if foreign_kb is not None else []
+        qbar = tqdm(total=len(questions) + len(unanswerable), desc="embedding questions", unit="q",
+                    disable=not progress)
         start = time.perf_counter()
-        for q in questions:
-            cached.vectors[q.text] = embedder.embed_query(q.text)
+        for text in [q.text for q in questions] + list(unanswerable):
+            cached.vectors[text] = embedder.embed_query(text)
             qbar.update(1)
         qbar.close()
-        embed_ms = 1000 * (time.perf_counter() - start) / max(len(questions), 1)
+        embed_ms = 1000 * (time.perf_counter() - start) / max(len(questions) + len(unanswerable), 1)
         report = EvalReport(source=str(path), articles=len(articles), chunks=len(kb), questions=len(questions),
-                            embedding_model=embedder.name, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                            ingest_s=ingest_s, embed_query_ms=embed_ms,
+                            embedding_model=embedder.name, chunk_size=kb._chunk_size, chunk_overlap=kb._chunk_overlap,
+                            chunk_unit=kb._chunk_unit, score_threshold=score_threshold, ingest_s=ingest_s,
+                            embed_query_ms=embed_ms, unanswerable=len(unanswerable),
+                            foreign_chunks=len(foreign_kb) if foreign_kb is not None else 0,
                             ingest_refused=[f"{r.name}: {r.reason}" for r in reports if r.status == "refused"])
         for mode in modes:
-            weights = dense_weights if mode == "hybrid" else [DEFAULT_DENSE_WEIGHT]
+            weights = dense_weights if mode in ("convex", "convex-bound") else [DEFAULT_DENSE_WEIGHT]
             for w in weights:
-                label = mode if mode != "hybrid" or list(dense_weights) == [DEFAULT_DENSE_WEIGHT] else f"hybrid (w={w:g})"
+                label = mode if len(weights) == 1 else f"{mode} (w={w:g})"
                 if mode == "hybrid+rerank" and reranker is None:
                     why = (f"reranker {reranker_name!r} could not be loaded" if reranker_name
                            else "no --reranker-model given")
                     report.results.append(ModeResult(mode=mode, note=f"not measured: {why}"))
                     continue
                 qbar = tqdm(total=len(questions), desc=f"questions ({label})", unit="q", disable=not progress)
-                report.results.append(evaluate_mode(kb, questions, mode, reranker=reranker, dense_weight=w,
-                                                    label=label, on_question=lambda: qbar.update(1)))
+                report.results.append(evaluate_mode(
+                    kb, questions, mode, reranker=reranker, dense_weight=w, score_threshold=score_threshold,
+                    unanswerable=unanswerable, foreign_kb=foreign_kb, foreign_questions=foreign_questions,
+                    label=label, on_question=lambda: qbar.update(1)))
                 qbar.close()
     return report
 
 
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def format_report(report: EvalReport) -> str:
     """The report as Markdown: a header with the data and ingestion, then one table row per mode."""
+    threshold = "none" if report.score_threshold is None else f"{report.score_threshold:g}"
     lines = [
         f"Evaluation of {report.source}: {report.articles} documents -> {report.chunks} chunks "
-        f"(chunk_size {report.chunk_size}, overlap {report.chunk_overlap}), {report.questions} questions; "
-        f"embedding model {report.embedding_model}.",
+        f"(chunk_size {report.chunk_size}, overlap {report.chunk_overlap} {report.chunk_unit}), "
+        f"{report.questions} questions; embedding model {report.embedding_model}; score threshold {threshold}.",
         f"Ingestion: {report.ingest_s:.1f} s ({report.articles / max(report.ingest_s, 1e-9):.1f} documents/s)"
         + (f"; refused: {len(report.ingest_refused)}" if report.ingest_refused else "")
         + f". Embedding a question: {report.embed_query_ms:.1f} ms (once, shared by the modes).",
+        f"Refusals: {report.unanswerable} questions the documents cannot answer; the first questions asked of a "
+        f"base of other documents ({report.foreign_chunks} chunks).",
         "",
-        "| mode | hit@1 | hit@5 | MRR@10 | search time (ms/question) |",
-        "|---|---|---|---|---|",
+        "| mode | hit@1 | hit@5 | MRR@10 | no passage | refused: unanswerable | refused: other base "
+        "| hit@1 / hit@5 without threshold | search time (ms/question) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report.results:
         if r.note:
-            lines.append(f"| {r.mode} | – | – | – | {r.note} |")
+            lines.append(f"| {r.mode} | – | – | – | – | – | – | – | {r.note} |")
         else:
-            lines.append(f"| {r.mode} | {r.hit1:.4f} | {r.hit5:.4f} | {r.mrr:.4f} | {r.query_ms:.1f} |")
+            lines.append(f"| {r.mode} | {r.hit1:.4f} | {r.hit5:.4f} | {r.mrr:.4f} | {r.no_passage:.3f} | "
+                         f"{_share(r.refused_unanswerable)} | {_share(r.refused_foreign)} | "
+                         f"{r.hit1_all:.4f} / {r.hit5_all:.4f} | {r.query_ms:.1f} |")
     return "\n".join(lines)

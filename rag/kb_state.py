@@ -15,6 +15,7 @@ import numpy as np
 
 from . import persistence as disk
 from .keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens
+from .splitter import searchable_text
 from .stores import VectorStore
 from .stores.faiss import FaissVectorStore
 from .types import Chunk
@@ -155,15 +156,19 @@ class KnowledgeBaseState:
                     f"knowledge base {self._directory.name!r} was built with embedding model "
                     f"{recorded_name!r} (dim {recorded_dim}), but {self._embedder.name!r} "
                     f"(dim {self._embedder.dim}) is loaded. Start with --embedding-model {recorded_name}, "
-                    "or use another knowledge-base folder (or delete this one) and upload the documents again")
+                    f"or re-embed it with the loaded model: `python -m rag reindex --kb {self._directory.name}` "
+                    "(add --embedding-model NAME for another; it keeps the base's files), or use another "
+                    "knowledge-base folder (or delete this one) and upload the documents again")
             logger.info("empty knowledge base at %s: switching its embedding model from %s to %s",
                         self._directory, recorded_name, self._embedder.name)
             store = self._new_store(self._embedder.dim) if backend == "faiss" else store
 
-        if (manifest.get("chunk_size"), manifest.get("chunk_overlap")) != (self._chunk_size, self._chunk_overlap):
-            logger.info("knowledge base at %s: files added from now on use chunk_size=%d, chunk_overlap=%d "
-                        "(was %s, %s)", self._directory, self._chunk_size, self._chunk_overlap,
-                        manifest.get("chunk_size"), manifest.get("chunk_overlap"))
+        recorded_chunking = (manifest.get("chunk_size"), manifest.get("chunk_overlap"),
+                             manifest.get("chunk_unit", "chars"))
+        if recorded_chunking != (self._chunk_size, self._chunk_overlap, self._chunk_unit):
+            logger.info("knowledge base at %s: files added from now on use chunk_size=%d, chunk_overlap=%d %s "
+                        "(was %s, %s %s)", self._directory, self._chunk_size, self._chunk_overlap, self._chunk_unit,
+                        *recorded_chunking)
         self._store = store
         self._chunks = chunks
         self._keywords = self._load_keywords(gen_dir, chunks)
@@ -201,7 +206,7 @@ class KnowledgeBaseState:
             logger.info("knowledge base at %s: recomputing the BM25 tokens of %d chunks (%s)",
                         self._directory, len(chunks), reason)
         for cid, chunk in chunks.items():
-            index.add(cid, chunk_tokens(chunk.text, chunk.source))
+            index.add(cid, chunk_tokens(searchable_text(chunk.text), chunk.source))
         return index
 
     def _tidy_file_copies(self) -> None:
@@ -263,6 +268,7 @@ class KnowledgeBaseState:
             "vector_store": self._store.name,
             "chunk_size": self._chunk_size,
             "chunk_overlap": self._chunk_overlap,
+            "chunk_unit": self._chunk_unit,
             "files": len(self._files),
             "chunks": len(self._chunks),
             "created_at": self._created_at,

@@ -23,8 +23,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 #: Changes whenever :func:`tokenize` would cut a text differently; stored with
-#: the tokens of a knowledge base so stale tokens are recomputed, not trusted.
-TOKENIZER_ID = "jieba-lcut/lower/no-punct/bm25s-stopwords-en_plus-zh/v1"
+#: the tokens of a knowledge base so stale tokens are recomputed, not trusted. v2: chunks are
+#: tokenized by their rag.splitter.searchable_text (no URLs, HTML tags).
+TOKENIZER_ID = "jieba-lcut/lower/no-punct/bm25s-stopwords-en_plus-zh/searchable-text/v2"
 #: BM25 parameters (the bm25s defaults, Lucene's choice).
 BM25_K1 = 1.5
 BM25_B = 0.75
@@ -95,6 +96,7 @@ class KeywordIndex:
         self._tokens: dict[int, list[str]] = {}
         self._bm25 = None  # bm25s.BM25, rebuilt lazily
         self._ids = np.zeros(0, dtype=np.int64)
+        self._df: dict[str, int] = {}
         self._dirty = True
 
     def __len__(self) -> int:
@@ -128,6 +130,11 @@ class KeywordIndex:
         _quiet_library_logger("bm25s")
         ids = sorted(self._tokens)
         self._ids = np.asarray(ids, dtype=np.int64)
+        df: dict[str, int] = {}
+        for toks in self._tokens.values():
+            for t in set(toks):
+                df[t] = df.get(t, 0) + 1
+        self._df = df
         if ids:
             bm25 = bm25s.BM25(k1=self.k1, b=self.b)
             bm25.index([self._tokens[i] for i in ids], show_progress=False)
@@ -135,6 +142,18 @@ class KeywordIndex:
         else:
             self._bm25 = None
         self._dirty = False
+
+    def idf(self, tokens: Sequence[str]) -> dict[str, float]:
+        """BM25's (Lucene's) inverse document frequency of each distinct token:
+        ``log(1 + (N - df + 0.5) / (df + 0.5))`` over the N chunks; a token found in no
+        chunk gets the largest value, ``log(1 + (N + 0.5) / 0.5)``."""
+        self._ensure_built()
+        n = len(self._tokens)
+        return {t: float(np.log1p((n - self._df.get(t, 0) + 0.5) / (self._df.get(t, 0) + 0.5))) for t in set(tokens)}
+
+    def chunk_token_set(self, chunk_id: int) -> frozenset[str]:
+        """The distinct tokens of one chunk (empty for an unknown id)."""
+        return frozenset(self._tokens.get(int(chunk_id), ()))
 
     def scores(self, query_tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """BM25 score of every indexed chunk for a tokenized query.

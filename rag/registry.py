@@ -80,7 +80,8 @@ class KnowledgeBaseRegistry:
     Args:
         root: the folder holding one sub-folder per knowledge base (``--knowledge-dir``).
         embedder: the embedding model every knowledge base is opened with.
-        chunk_size, chunk_overlap: splitter settings for new files (characters).
+        chunk_size, chunk_overlap, chunk_unit: splitter settings for new files; None picks
+            the embedder's defaults (:func:`rag.splitter.chunk_settings`).
         vector_store: the backend that keeps the vectors (:data:`rag.stores.BACKENDS`):
             ``"faiss"`` (in the folder) or ``"milvus"`` (one collection per knowledge base).
         milvus_uri: Milvus Lite file or ``http(s)://host:19530`` (default
@@ -90,7 +91,8 @@ class KnowledgeBaseRegistry:
         ValueError: an unknown ``vector_store``.
     """
 
-    def __init__(self, root: str | Path, embedder: "Embedder", *, chunk_size: int = 500, chunk_overlap: int = 50,
+    def __init__(self, root: str | Path, embedder: "Embedder", *, chunk_size: int | None = None,
+                 chunk_overlap: int | None = None, chunk_unit: str | None = None,
                  vector_store: str = "faiss", milvus_uri: str | None = None, milvus_token: str | None = None):
         from .stores import BACKENDS
 
@@ -100,6 +102,7 @@ class KnowledgeBaseRegistry:
         self.embedder = embedder
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
+        self.chunk_unit = chunk_unit
         self.vector_store = vector_store
         self.milvus_uri = milvus_uri or str(self.root / "milvus.db")
         self.milvus_token = milvus_token
@@ -152,7 +155,8 @@ class KnowledgeBaseRegistry:
                         "(GET /v1/knowledge or the page's picker lists the existing ones)")
                 self.root.mkdir(parents=True, exist_ok=True)
                 kb = KnowledgeBase.open(self.root / name, self.embedder, chunk_size=self.chunk_size,
-                                        chunk_overlap=self.chunk_overlap, store_factory=self._store_factory(name))
+                                        chunk_overlap=self.chunk_overlap, chunk_unit=self.chunk_unit,
+                                        store_factory=self._store_factory(name))
                 self._open[name] = kb
             return kb
 

@@ -20,7 +20,7 @@ from .kb_state import (EmbeddingMismatchError, KnowledgeBaseClosedError, Knowled
                        KnowledgeBaseState, VectorStoreMismatchError, _utc_now, recorded_embedding_model)
 from .keywords import KeywordIndex
 from .retrieval import HYBRID_CANDIDATES, Retrieval  # noqa: F401
-from .splitter import make_text_splitter
+from .splitter import chunk_settings, make_text_splitter
 from .stores import VectorStore
 from .stores.faiss import (APPROXIMATE_INDEX_MIN_CHUNKS, IVF_NPROBE, FaissVectorStore, build_index,  # noqa: F401
                            empty_index, index_ids, ivf_lists)
@@ -46,18 +46,21 @@ class KnowledgeBase(KnowledgeBaseState, Ingestion, Retrieval):
     (the knowledge base is deleted) the object never writes again.
     """
 
-    def __init__(self, directory: Path, embedder: "Embedder", chunk_size: int, chunk_overlap: int,
+    def __init__(self, directory: Path, embedder: "Embedder", chunk_size: int | None, chunk_overlap: int | None,
                  approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS,
-                 store_factory: "Callable[[int], VectorStore] | None" = None):
+                 store_factory: "Callable[[int], VectorStore] | None" = None, chunk_unit: str | None = None):
         """Use :meth:`open`; this only sets up an empty, unsaved state."""
         if isinstance(approximate_from, bool) or not isinstance(approximate_from, int) or approximate_from < 1:
             raise ValueError(f"approximate_from must be an integer >= 1, got {approximate_from!r}")
         self._store_factory = store_factory
         self._directory = directory
         self._embedder = embedder
-        self._splitter = make_text_splitter(chunk_size, chunk_overlap)
+        chunk_size, chunk_overlap, chunk_unit = chunk_settings(embedder, chunk_size, chunk_overlap, chunk_unit)
+        self._splitter = make_text_splitter(chunk_size, chunk_overlap, chunk_unit,
+                                            getattr(embedder, "tokenizer", None))
         self._chunk_size = chunk_size
         self._chunk_overlap = chunk_overlap
+        self._chunk_unit = chunk_unit
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()  # one writer of this object at a time (see _writing)
         self._closing = threading.Event()  # set by close(): running writes stop at the next file/batch
@@ -75,17 +78,19 @@ class KnowledgeBase(KnowledgeBaseState, Ingestion, Retrieval):
     # ------------------------------------------------------------------ open
 
     @classmethod
-    def open(cls, directory: str | Path, embedder: "Embedder", *, chunk_size: int = 500,
-             chunk_overlap: int = 50, approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS,
-             store_factory: "Callable[[int], VectorStore] | None" = None) -> "KnowledgeBase":
+    def open(cls, directory: str | Path, embedder: "Embedder", *, chunk_size: int | None = None,
+             chunk_overlap: int | None = None, approximate_from: int = APPROXIMATE_INDEX_MIN_CHUNKS,
+             store_factory: "Callable[[int], VectorStore] | None" = None,
+             chunk_unit: str | None = None) -> "KnowledgeBase":
         """Open the knowledge base in ``directory``, creating it if missing.
 
         Args:
             directory: its folder; created (with parents) if missing.
             embedder: the embedding model (see :func:`rag.load_embedder`); must
                 be the one the knowledge base was built with.
-            chunk_size, chunk_overlap: splitter settings in characters for files
-                added from now on (see :func:`rag.make_text_splitter`).
+            chunk_size, chunk_overlap, chunk_unit: splitter settings for files added
+                from now on; None picks the embedder's defaults (:func:`rag.splitter.chunk_settings`:
+                tokens of its tokenizer, as many as it embeds).
             approximate_from: chunks from which dense search uses an IVF index
                 (:func:`build_index`); it switches when files are added or deleted
                 (back to flat below half of it), not on opening. FAISS only.
@@ -101,7 +106,7 @@ class KnowledgeBase(KnowledgeBaseState, Ingestion, Retrieval):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        kb = cls(directory, embedder, chunk_size, chunk_overlap, approximate_from, store_factory)
+        kb = cls(directory, embedder, chunk_size, chunk_overlap, approximate_from, store_factory, chunk_unit)
         manifest_path = directory / disk.MANIFEST_NAME
         with disk.folder_lock(directory), kb._lock:
             if manifest_path.exists():

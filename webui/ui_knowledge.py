@@ -114,8 +114,8 @@ class KnowledgeHandlers:
         line = (f"Knowledge base **{html.escape(kb.directory.name)}**: {len(kb.files())} file(s), {len(kb)} chunk(s); "
                 f"embedding model `{kb.embedding_model}`; retrieval `{s.retrieval_mode}`, reranker `{reranker}`.")
         if self.service.embedding_fallback:
-            line += ("  \n⚠️ The configured embedding model could not be loaded offline, so the bundled "
-                     "English all-MiniLM-L6-v2 is used: Chinese retrieval is weak. Pass `--embedding-model`.")
+            line += (f"  \n⚠️ The default embedding model could not be loaded offline, so `{kb.embedding_model}`, "
+                     "which ships inside a package, is used instead. Pass `--embedding-model` to choose another.")
         return line
 
     def files_table(self, name: str | None = None) -> list[list[Any]]:

@@ -68,7 +68,7 @@ def load_service(settings):
         rag.store.EmbeddingMismatchError: the knowledge base was built with another embedding model.
     """
     import rag.loaders
-    from rag.embeddings import BUNDLED_EMBEDDING_MODEL, check_backend, load_embedder
+    from rag.embeddings import DEFAULT_EMBEDDING_MODEL, check_backend, load_embedder
     from rag.registry import KnowledgeBaseRegistry
     from webui.services import ChatService
 
@@ -77,10 +77,11 @@ def load_service(settings):
     model = load_model(settings)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None,
                              backend=settings.embedding_backend)
-    fallback = embedder.name == BUNDLED_EMBEDDING_MODEL and settings.embedding_model is None
+    fallback = embedder.name != DEFAULT_EMBEDDING_MODEL and settings.embedding_model is None
     registry = KnowledgeBaseRegistry(settings.knowledge_dir, embedder, chunk_size=settings.chunk_size,
-                                     chunk_overlap=settings.chunk_overlap, vector_store=settings.vector_store,
-                                     milvus_uri=settings.milvus_uri, milvus_token=settings.milvus_token)
+                                     chunk_overlap=settings.chunk_overlap, chunk_unit=settings.chunk_unit,
+                                     vector_store=settings.vector_store, milvus_uri=settings.milvus_uri,
+                                     milvus_token=settings.milvus_token)
     exporter = None
     if settings.export_history_path:
         from webui.export import HistoryExporter
