@@ -226,7 +226,7 @@ def _search(kb: "KnowledgeBase", text: str, mode: str, threshold: float | None, 
         return kb.search(text, top_k=top_k, score_threshold=threshold, mode="hybrid", fusion=mode,
                          dense_weight=dense_weight)
     return kb.search(text, top_k=top_k, score_threshold=threshold, mode=mode.split("+")[0],
-                     reranker=reranker if mode == "hybrid+rerank" else None, dense_weight=dense_weight)
+                     reranker=reranker if mode == "hybrid+rerank" else None)  # the server's own fusion
 
 
 def _refused(kb: "KnowledgeBase | None", questions: Sequence[str], mode: str, threshold: float | None, reranker,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .fusion import (DEFAULT_DENSE_WEIGHT, DEFAULT_FUSION, FUSIONS, bm25_upper_bound, check_weight,
-                     convex_combination, keyword_coverage, reciprocal_rank_fusion, relevance)
+                     convex_combination, fusion_for, keyword_coverage, reciprocal_rank_fusion, relevance)
 from .keywords import tokenize
 from .rerank import RERANK_CANDIDATES
 from .stores import QueryMode, VectorStoreQuery
@@ -30,7 +30,7 @@ class Retrieval:
 
     def search(self, query: str, top_k: int = 3, score_threshold: float | None = None, *,
                mode: str = "dense", reranker: "Reranker | None" = None,
-               dense_weight: float = DEFAULT_DENSE_WEIGHT, fusion: str = DEFAULT_FUSION) -> list[SearchResult]:
+               dense_weight: float | None = None, fusion: str | None = None) -> list[SearchResult]:
         """Retrieve the chunks that best answer ``query`` (the retriever).
 
         Args:
@@ -49,8 +49,9 @@ class Retrieval:
                 fused by ``fusion``; what the server uses).
             reranker: if given, the best ``max(top_k, RERANK_CANDIDATES)`` chunks
                 of ``mode`` are re-ordered by it (see :mod:`rag.rerank`).
-            dense_weight: the weight of the dense score in convex hybrid fusion, in [0, 1].
-            fusion: one of :data:`rag.fusion.FUSIONS`.
+            dense_weight: the weight of the dense score in convex hybrid fusion, in [0, 1];
+                None: the embedding model's default (:func:`rag.fusion.fusion_for`).
+            fusion: one of :data:`rag.fusion.FUSIONS`; None: the model's default (likewise).
 
         Returns:
             Up to ``top_k`` :class:`SearchResult`, best first: ``score`` is the
@@ -70,6 +71,9 @@ class Retrieval:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         if mode not in RETRIEVAL_MODES:
             raise ValueError(f"unknown retrieval mode {mode!r}: use one of {', '.join(RETRIEVAL_MODES)}")
+        default_fusion, default_weight = fusion_for(self._embedder.name)
+        fusion = default_fusion if fusion is None else fusion
+        dense_weight = default_weight if dense_weight is None else dense_weight
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}: use one of {', '.join(FUSIONS)}")
         dense_weight = check_weight(dense_weight)

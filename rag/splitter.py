@@ -12,6 +12,7 @@ in Chinese and English alike, or **characters** (``len(str)``).
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Iterable
 
@@ -28,6 +29,8 @@ SEPARATORS = (
     " ", "",
 )
 
+
+logger = logging.getLogger(__name__)
 
 #: Units a chunk size can be given in.
 CHUNK_UNITS = ("tokens", "chars")
@@ -76,6 +79,12 @@ def chunk_settings(embedder: Any, chunk_size: int | None = None, chunk_overlap: 
             limit = min(getattr(embedder, "max_seq_length", None) or MAX_DEFAULT_CHUNK_TOKENS, MAX_DEFAULT_CHUNK_TOKENS)
             overhead = embedder.token_overhead() if hasattr(embedder, "token_overhead") else 2
             chunk_size = max(limit - overhead, 1)
+    max_len = getattr(embedder, "max_seq_length", None)
+    if unit == "tokens" and max_len and hasattr(embedder, "token_overhead") \
+            and chunk_size + embedder.token_overhead() > max_len:
+        logger.warning("chunk_size %d tokens is more than %s embeds (%d with its prefix and special tokens): the "
+                       "end of longer chunks is not embedded", chunk_size, getattr(embedder, "name", "the model"),
+                       max_len)
     if chunk_overlap is None:
         chunk_overlap = (DEFAULT_CHUNK_OVERLAP_CHARS if unit == "chars"
                          else int(chunk_size * DEFAULT_OVERLAP_SHARE))

@@ -48,7 +48,7 @@ def sources(corpus):
 def built(tmp_path_factory, embedder, sources):
     """A knowledge base built once from a mixed batch (incl. the password PDF)."""
     directory = tmp_path_factory.mktemp("kb") / "knowledge"
-    kb = KnowledgeBase.open(directory, embedder, chunk_size=400, chunk_overlap=40)
+    kb = KnowledgeBase.open(directory, embedder, chunk_size=400, chunk_overlap=40, chunk_unit="chars")
     calls = []
     batch = [sources["advanced-install.md"], sources["password"], sources["test.docx"],
              sources["pdflatex-4-pages.pdf"]]
@@ -59,7 +59,7 @@ def built(tmp_path_factory, embedder, sources):
 def _copy_kb(kb: KnowledgeBase, tmp_path: Path, embedder) -> KnowledgeBase:
     target = tmp_path / "copy"
     shutil.copytree(kb.directory, target)
-    return KnowledgeBase.open(target, embedder, chunk_size=400, chunk_overlap=40)
+    return KnowledgeBase.open(target, embedder, chunk_size=400, chunk_overlap=40, chunk_unit="chars")
 
 
 # ------------------------------------------------------------------ batch
@@ -130,7 +130,7 @@ def test_empty_knowledge_base_returns_nothing(tmp_path, embedder):
 
 def test_reopening_gives_the_same_files_chunks_and_results(built, embedder, tmp_path):
     kb, *_ = built
-    again = KnowledgeBase.open(kb.directory, embedder, chunk_size=400, chunk_overlap=40)
+    again = KnowledgeBase.open(kb.directory, embedder, chunk_size=400, chunk_overlap=40, chunk_unit="chars")
     assert again is not kb
     assert again.files() == kb.files()
     assert len(again) == len(kb)
@@ -166,7 +166,7 @@ def test_changed_file_replaces_its_chunks(built, embedder, sources, tmp_path):
     top = kb.search("zebra-quokka build flag", top_k=1)[0]
     assert "zebra-quokka" in top.chunk.text
     assert (kb.directory / "files" / "advanced-install.md").read_bytes() == changed.read_bytes()
-    reopened = KnowledgeBase.open(kb.directory, embedder, chunk_size=400, chunk_overlap=40)
+    reopened = KnowledgeBase.open(kb.directory, embedder, chunk_size=400, chunk_overlap=40, chunk_unit="chars")
     assert len(reopened) == len(kb)
 
 
@@ -181,7 +181,7 @@ def test_delete_file(built, embedder, tmp_path):
     assert all(r.chunk.source != "pdflatex-4-pages.pdf" for r in kb.search("Lorem ipsum", top_k=len(kb)))
     with pytest.raises(KeyError, match="pdflatex-4-pages.pdf"):
         kb.delete_file("pdflatex-4-pages.pdf")
-    reopened = KnowledgeBase.open(kb.directory, embedder, chunk_size=400, chunk_overlap=40)
+    reopened = KnowledgeBase.open(kb.directory, embedder, chunk_size=400, chunk_overlap=40, chunk_unit="chars")
     assert len(reopened) == n - chunks and reopened.files() == kb.files()
 
 
@@ -211,7 +211,7 @@ def test_leftover_half_written_generation_is_ignored(built, embedder, tmp_path, 
     (leftover / "chunks.json").write_text('{"next_id": 3, "chunks": [{"id"', encoding="utf-8")
     (kb.directory / "manifest.json.tmp").write_text('{"generation": "gen-9', encoding="utf-8")
 
-    reopened = KnowledgeBase.open(kb.directory, embedder, chunk_size=400, chunk_overlap=40)
+    reopened = KnowledgeBase.open(kb.directory, embedder, chunk_size=400, chunk_overlap=40, chunk_unit="chars")
     assert reopened.files() == files and len(reopened) == n
     assert reopened.search("DeepSpeed install", top_k=2)
     # the next commit writes a newer generation and clears the leftover away
