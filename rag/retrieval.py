@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .fusion import (DEFAULT_DENSE_WEIGHT, DEFAULT_FUSION, FUSIONS, bm25_upper_bound, check_weight,
+from .fusion import (DEFAULT_FUSION, FUSIONS, bm25_upper_bound, check_weight,
                      convex_combination, fusion_for, keyword_coverage, reciprocal_rank_fusion, relevance)
 from .keywords import tokenize
 from .rerank import RERANK_CANDIDATES

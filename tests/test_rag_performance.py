@@ -208,10 +208,11 @@ def flat_and_ivf(corpus, tmp_path_factory):
     """The same real knowledge base twice: exact (flat) and forced to IVF (threshold 100 chunks)."""
     embedder = bundled_embedder()
     root = tmp_path_factory.mktemp("index-by-size")
-    flat = KnowledgeBase.open(root / "flat", embedder)
+    chars = dict(chunk_size=500, chunk_overlap=50, chunk_unit="chars")  # >100 chunks from three files
+    flat = KnowledgeBase.open(root / "flat", embedder, **chars)
     flat.add_files([corpus / "deepspeed" / "README.md", corpus / "deepspeed" / "getting-started.md"])
     shutil.copytree(root / "flat", root / "ivf")
-    ivf = KnowledgeBase.open(root / "ivf", embedder, approximate_from=100)
+    ivf = KnowledgeBase.open(root / "ivf", embedder, approximate_from=100, **chars)
     assert ivf.index_kind == "flat", "opening does not rebuild the index"
     for kb in (flat, ivf):
         kb.add_files([corpus / "deepspeed" / "advanced-install.md"])
@@ -239,7 +240,8 @@ def test_ivf_knowledge_base_persists_and_deletes(flat_and_ivf):
     flat, ivf, embedder = flat_and_ivf
     assert json.loads((ivf.directory / "manifest.json").read_text())["format_version"] == 2
     assert json.loads((flat.directory / "manifest.json").read_text())["format_version"] == 1
-    again = KnowledgeBase.open(ivf.directory, embedder, approximate_from=100)
+    again = KnowledgeBase.open(ivf.directory, embedder, approximate_from=100, chunk_size=500, chunk_overlap=50,
+                               chunk_unit="chars")
     assert again.index_kind == "ivf" and _results(again) == _results(flat)
 
     for kb in (flat, again):
