@@ -315,10 +315,11 @@ def load_chat_model(
     except ModelLoadError as exc:
         from llm.demo import DEMO_MODEL_NAME, build_demo_model
 
+        logger.debug("default model not loaded: %r", exc.__cause__ or exc)
         logger.warning(
-            "no --model-path given and %s is not available (%s): using the built-in DEMO model, whose answers "
-            "are meaningless random text, until you start the server with --model-path <folder or hub id>",
-            DEFAULT_MODEL_PATH, exc.__cause__ or exc,
+            "no --model-path given and %s is not in the local cache%s: serving the built-in DEMO model "
+            "(meaningless random answers); pass --model-path <folder or hub id>",
+            DEFAULT_MODEL_PATH, " and the hub cannot be reached" if _offline() else " nor downloadable",
         )
         demo_path = build_demo_model(demo_dir)
         options.update(model_type=None, trust_remote_code=False)

@@ -55,6 +55,22 @@ def load_model(settings):
     return batched
 
 
+def settle_hub(settings) -> str:
+    """Look in the local caches for the models start-up loads; when one is missing, probe
+    the hub once and work offline if it cannot be reached (:func:`llm.hub.settle_offline_mode`).
+    Returns that function's verdict."""
+    from llm.hub import settle_offline_mode
+    from llm.loader import DEFAULT_MODEL_PATH
+    from rag.embeddings import BUNDLED_ALIAS, BUNDLED_EMBEDDING_MODEL, DEFAULT_EMBEDDING_MODEL
+
+    needed = [settings.reranker_model]
+    if settings.llm_backend == "transformers" and not settings.lora_path:
+        needed.append(settings.model_path or DEFAULT_MODEL_PATH)
+    if settings.embedding_model not in (BUNDLED_ALIAS, BUNDLED_EMBEDDING_MODEL):
+        needed.append(settings.embedding_model or DEFAULT_EMBEDDING_MODEL)
+    return settle_offline_mode(needed)
+
+
 def load_service(settings):
     """Load the chat model, embedding model and knowledge base named by ``settings``.
 
@@ -73,6 +89,7 @@ def load_service(settings):
     from webui.services import ChatService
 
     check_backend(settings.embedding_backend)  # before minutes of loading the chat model
+    settle_hub(settings)
     rag.loaders.configure(ocr=settings.ocr)
     model = load_model(settings)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None,
@@ -108,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A self-hosted tool phones no one: Gradio's usage analytics stay off unless asked for.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "could not load AVX512" lines are noise
     try:
         service = load_service(settings)
     except (ModelLoadError, EmbeddingLoadError, EmbeddingMismatchError) as exc:
