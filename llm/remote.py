@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator, Sequence
 
-from llm.base import ChatModel, GenerationError, GenerationParams, Message, ModelLoadError
+from llm.base import ChatModel, Generation, GenerationError, GenerationParams, Message, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class OpenAIChatModel(ChatModel):
         import openai
 
         kwargs: dict[str, Any] = dict(model=self.name, messages=[dict(m) for m in messages], stream=True,
-                                      max_tokens=params.max_new_tokens)
+                                      max_tokens=params.max_new_tokens, stream_options={"include_usage": True})
         if params.greedy:
             kwargs["temperature"] = 0
         else:
@@ -70,20 +70,36 @@ class OpenAIChatModel(ChatModel):
                 kwargs["extra_body"] = {"top_k": params.top_k}
         if params.stop:
             kwargs["stop"] = list(params.stop)
-        return self._pieces(kwargs, openai.OpenAIError)
+        gen = Generation()
+        return gen.run(self._pieces(kwargs, openai.OpenAIError, gen, messages, params))
 
-    def _pieces(self, kwargs: dict[str, Any], api_error: type[Exception]) -> Iterator[str]:
+    def _pieces(self, kwargs: dict[str, Any], api_error: type[Exception], gen: Generation,
+                messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
+        """The remote answer's pieces; ``gen`` gets the server's ``finish_reason`` (anything but
+        ``length`` counts as ``stop``) and ``usage``; a server that sends no usage chunk gets
+        whitespace-word estimates (:meth:`ChatModel.count_tokens`)."""
         try:
             stream = self.client.chat.completions.create(**kwargs)
         except api_error as exc:
             raise GenerationError(f"the remote model {self.name!r} at {self.base_url} failed: {exc}") from exc
+        text, reason = [], None
         try:
             for chunk in stream:
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    gen.prompt_tokens, gen.completion_tokens = usage.prompt_tokens, usage.completion_tokens
                 if not chunk.choices:
                     continue
+                reason = chunk.choices[0].finish_reason or reason
                 piece = chunk.choices[0].delta.content
                 if piece:
+                    text.append(piece)
                     yield piece
+            if gen.prompt_tokens is None:
+                gen.prompt_tokens = self.count_prompt_tokens(messages)
+            if gen.completion_tokens is None:
+                gen.completion_tokens = self.count_tokens("".join(text))
+            gen.finish_reason = "length" if reason == "length" else "stop"
         except api_error as exc:
             raise GenerationError(f"the remote model {self.name!r} at {self.base_url} failed: {exc}") from exc
         finally:

@@ -83,6 +83,17 @@ def generation_errors(param: str) -> Iterator[None]:
         raise generation_failed(exc) from None
 
 
+def generation_record(gen: Any) -> dict[str, Any]:
+    """The export fields of a finished generation: ``{"finish_reason", "usage": {"prompt_tokens",
+    "completion_tokens"}}`` as the model reported them; ``{}`` when ``gen`` is None (no model call)."""
+    if gen is None:
+        return {}
+    usage = gen.usage()
+    return {"finish_reason": gen.finish_reason,
+            "usage": None if usage is None else {"prompt_tokens": usage.prompt_tokens,
+                                                 "completion_tokens": usage.completion_tokens}}
+
+
 def get_service(request: Request) -> ChatService:
     """FastAPI dependency: the :class:`ChatService` built at start-up (``app.state.service``)."""
     return request.app.state.service

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from llm.base import ChatModel, GenerationParams, Message
+from llm.base import ChatModel, Generation, GenerationParams, Message
 from llm.history import build_messages
 from rag.prompt import build_rag_prompt, no_passage_notice, no_passage_refusal
 from rag.registry import KnowledgeBaseRegistry
@@ -60,12 +60,16 @@ class RagAnswer:
             model's answer follows, or the only piece is the refusal.
         query_mode: one of :data:`QUERY_MODES`.
         no_relevant_passage: True when retrieval ran and no chunk passed the threshold.
+        generation: the model's :class:`~llm.base.Generation` behind ``pieces`` (its
+            ``finish_reason`` and ``usage`` once ``pieces`` is exhausted); None when the
+            model is not called ("retrieval" mode, the refusal).
     """
 
     sources: list[SearchResult]
     pieces: Iterator[str]
     query_mode: str = "retrieval+llm"
     no_relevant_passage: bool = False
+    generation: Generation | None = None
 
 
 class ChatService:
@@ -118,8 +122,9 @@ class ChatService:
         return self.knowledge_bases.get(name, create=create)
 
     def stream_chat(self, prompt: str, history: History, *, system_prompt: str | None = None,
-                    params: GenerationParams | None = None, max_round: int | None = None) -> Iterator[str]:
-        """Stream the model's answer to ``prompt`` after the last ``max_round`` rounds of ``history``.
+                    params: GenerationParams | None = None, max_round: int | None = None) -> Generation:
+        """Stream the model's answer to ``prompt`` after the last ``max_round`` rounds of ``history``
+        (a :class:`~llm.base.Generation`: text pieces, then ``finish_reason`` and ``usage``).
 
         Raises:
             ValueError: the prompt is empty.
@@ -134,16 +139,16 @@ class ChatService:
             max_round=self.settings.max_round if max_round is None else max_round,
         )
         params = params or self.settings.generation_params()
-        return self.model.stream(self.fit_context(messages, params), params)
+        return self.model.generate(self.fit_context(messages, params), params)
 
-    def stream_messages(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
+    def stream_messages(self, messages: Sequence[Message], params: GenerationParams) -> Generation:
         """Stream the answer to a whole conversation the caller built (the OpenAI API sends
         every message itself; no server system prompt or max_round is applied).
 
         Raises:
             PromptTooLongError: the conversation does not fit in the model's context.
         """
-        return self.model.stream(self.fit_context(messages, params, drop_history=False), params)
+        return self.model.generate(self.fit_context(messages, params, drop_history=False), params)
 
     def fit_context(self, messages: Sequence[Message], params: GenerationParams, *,
                     drop_history: bool = True) -> list[Message]:
@@ -236,7 +241,8 @@ class ChatService:
             raise ValueError(f"no_relevant_passage must be 'answer' or 'refuse', got {action!r}")
         generate = dict(system_prompt=system_prompt, params=params, max_round=max_round)
         if query_mode == "llm":
-            return RagAnswer(sources=[], pieces=self.stream_chat(question, history, **generate), query_mode="llm")
+            gen = self.stream_chat(question, history, **generate)
+            return RagAnswer(sources=[], pieces=gen, query_mode="llm", generation=gen)
         if query_mode != "retrieval":  # a question too long for the model: say so before searching for it
             self.fit_context(build_messages(question, [], system_prompt=self.settings.system_prompt
                                             if system_prompt is None else system_prompt, max_round=0),
@@ -247,11 +253,11 @@ class ChatService:
             return RagAnswer(sources=sources, pieces=iter(()), query_mode="retrieval",
                              no_relevant_passage=not sources)
         if sources:
-            pieces = self.stream_chat(build_rag_prompt(question, sources), history, **generate)
-            return RagAnswer(sources=sources, pieces=pieces)
+            gen = self.stream_chat(build_rag_prompt(question, sources), history, **generate)
+            return RagAnswer(sources=sources, pieces=gen, generation=gen)
         if action == "refuse":
             return RagAnswer(sources=[], pieces=iter([no_passage_refusal(question, threshold)]),
                              no_relevant_passage=True)
-        pieces = self.stream_chat(build_rag_prompt(question, []), history, **generate)
-        return RagAnswer(sources=[], pieces=itertools.chain([no_passage_notice(question, threshold)], pieces),
-                         no_relevant_passage=True)
+        gen = self.stream_chat(build_rag_prompt(question, []), history, **generate)
+        return RagAnswer(sources=[], pieces=itertools.chain([no_passage_notice(question, threshold)], gen),
+                         no_relevant_passage=True, generation=gen)
