@@ -16,6 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from llm.base import ChatModel, Generation, GenerationError, GenerationParams, Message
+from llm.budget import check_prompt_fits, clamp_max_new_tokens
 from llm.templates import neutralize_special_tokens, special_token_texts
 
 logger = logging.getLogger(__name__)
@@ -207,18 +208,13 @@ class HFChatModel(ChatModel):
         strings end the answer (the stop string is not yielded) and stop generating.
 
         Raises:
-            ValueError: (at once) the prompt has more than ``context_length - 1`` tokens.
+            llm.budget.PromptTooLongError: (at once) the prompt has more than ``context_length - 1`` tokens.
             GenerationError: (from the iterator) ``generate`` failed (cause chained), or
                 no text came within ``stream_timeout`` seconds.
         """
         input_ids = self._encode(self.render_prompt(messages))
-        if len(input_ids) > self.context_length - 1:
-            raise ValueError(
-                f"the prompt has {len(input_ids)} tokens, more than the {self.context_length - 1} that "
-                f"fit in the context of {self.name!r} ({self.context_length} tokens, one kept for the answer): "
-                "shorten the question, the history or the retrieved context"
-            )
-        max_new_tokens = min(params.max_new_tokens, self.context_length - len(input_ids))
+        check_prompt_fits(len(input_ids), self.context_length, self.name)
+        max_new_tokens = clamp_max_new_tokens(params.max_new_tokens, len(input_ids), self.context_length)
         gen = Generation(prompt_tokens=len(input_ids))
         return gen.run(self._generate(input_ids, params, max_new_tokens, gen))
 

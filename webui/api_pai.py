@@ -22,7 +22,6 @@ from starlette.concurrency import run_in_threadpool
 
 from llm.base import Generation, GenerationParams
 from llm.history import trim_history
-from rag.registry import InvalidKnowledgeBaseName
 
 from .api_common import (CLIENT_GONE, AdmissionGate, ApiError, GatedStreamingResponse, check_max_new_tokens,
                          close_iterator, coalesced_text, collect, generation_errors, generation_record,
@@ -104,22 +103,17 @@ def answer_chunks(service: ChatService, req: PaiChatRequest,
     """
     params = _params(service, req)
     history = [tuple(h) for h in req.history]
-    with generation_errors("prompt"):
-        try:
-            if req.langchain:
-                answer = service.answer_from_knowledge(
-                    req.prompt, history, top_k=req.retrieval_top_k, score_threshold=req.score_threshold,
-                    system_prompt=req.system_prompt, params=params, kb=req.knowledge_base)
-                sources, pieces = [Source(**r.to_dict()) for r in answer.sources], answer.pieces
-                gen = answer.generation
-            else:
-                sources = None
-                pieces = gen = service.stream_chat(req.prompt, history, system_prompt=req.system_prompt,
-                                                   params=params)
-        except KeyError as exc:  # unknown knowledge base
-            raise ApiError(404, str(exc), type="not_found_error", param="knowledge_base") from None
-        except InvalidKnowledgeBaseName as exc:
-            raise ApiError(400, str(exc), param="knowledge_base") from None
+    with generation_errors("prompt"):  # statuses by api_common.ERROR_TABLE
+        if req.langchain:
+            answer = service.answer_from_knowledge(
+                req.prompt, history, top_k=req.retrieval_top_k, score_threshold=req.score_threshold,
+                system_prompt=req.system_prompt, params=params, kb=req.knowledge_base)
+            sources, pieces = [Source(**r.to_dict()) for r in answer.sources], answer.pieces
+            gen = answer.generation
+        else:
+            sources = None
+            pieces = gen = service.stream_chat(req.prompt, history, system_prompt=req.system_prompt,
+                                               params=params)
 
     def recorded() -> Iterator[str]:
         text = []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from llm.base import ChatModel, Generation, GenerationParams, Message
+from llm.budget import PromptTooLongError, fit_messages  # noqa: F401 - PromptTooLongError re-exported
 from llm.history import build_messages
 from rag.prompt import build_rag_prompt, no_passage_notice, no_passage_refusal
 from rag.registry import KnowledgeBaseRegistry
@@ -29,20 +30,6 @@ History = Sequence[tuple[str, str]]
 #: Query modes, as PAI-RAG offers them: retrieve and generate, generate only
 #: (no knowledge base), retrieve only (the ranked chunks, no generation).
 QUERY_MODES = ("retrieval+llm", "llm", "retrieval")
-
-
-class PromptTooLongError(ValueError):
-    """The prompt does not fit in the model's context (with all droppable history
-    dropped); the message names the prompt's size and the limit.
-
-    Attributes:
-        tokens: the prompt's size in tokens.
-        limit: the most prompt tokens the model accepts (``context_length - 1``).
-    """
-
-    def __init__(self, message: str, tokens: int, limit: int):
-        super().__init__(message)
-        self.tokens, self.limit = tokens, limit
 
 
 @dataclass
@@ -152,7 +139,7 @@ class ChatService:
 
     def fit_context(self, messages: Sequence[Message], params: GenerationParams, *,
                     drop_history: bool = True) -> list[Message]:
-        """The conversation cut to fit the model's context.
+        """The conversation cut to fit the model's context (:func:`llm.budget.fit_messages`).
 
         With ``drop_history``, history rounds (a user and an assistant message after
         the system prompt) are dropped, oldest first, until the prompt leaves room
@@ -163,28 +150,9 @@ class ChatService:
             PromptTooLongError: the prompt (after dropping) still has more than
                 ``context_length - 1`` tokens; the message names both numbers.
         """
-        messages = list(messages)
-        context = self.model.context_length
-        limit = context - 1
-        room = context - min(params.max_new_tokens, context // 2)
-        head = 1 if messages and messages[0]["role"] == "system" else 0
-        tokens = self.model.count_prompt_tokens(messages)
-        dropped = 0
-        while drop_history and tokens > room and len(messages) - head >= 3:
-            del messages[head:head + 2]
-            dropped += 1
-            tokens = self.model.count_prompt_tokens(messages)
-        if dropped:
-            log.info("dropped the %d oldest history round(s) to fit the context of %r (%d tokens): "
-                     "the prompt now has %d tokens", dropped, self.model.name, context, tokens)
-        if tokens > limit:
-            what = "the question, the system prompt or the retrieved context" if drop_history else \
-                "the messages (drop the oldest ones)"
-            raise PromptTooLongError(
-                f"the prompt has {tokens} tokens{' even with all history dropped' if dropped else ''}, more than the "
-                f"{limit} that fit in the context of {self.model.name!r} ({context} tokens, one kept for the "
-                f"answer): shorten {what}", tokens, limit)
-        return messages
+        return fit_messages(messages, count_prompt_tokens=self.model.count_prompt_tokens,
+                            context_length=self.model.context_length, max_new_tokens=params.max_new_tokens,
+                            name=self.model.name, drop_history=drop_history)
 
     def retrieve(self, question: str, *, top_k: int | None = None, score_threshold: float | None = None,
                  kb: str | None = None, mode: str | None = None) -> list[SearchResult]:
