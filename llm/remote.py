@@ -7,8 +7,10 @@ page, the knowledge bases and the API work unchanged on top of it.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Iterator, Sequence
 
+from llm.backends import Backend, Flag
 from llm.base import ChatModel, Generation, GenerationError, GenerationParams, Message, ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -104,3 +106,33 @@ class OpenAIChatModel(ChatModel):
             raise GenerationError(f"the remote model {self.name!r} at {self.base_url} failed: {exc}") from exc
         finally:
             stream.close()  # closing early ends the remote generation too
+
+
+def load_backend(settings: Any) -> OpenAIChatModel:
+    """The ``openai`` backend: an :class:`OpenAIChatModel` at ``--llm-base-url``
+    (key: ``--llm-api-key``, else ``$OPENAI_API_KEY``).
+
+    Raises:
+        ModelLoadError: the server cannot be reached or lists no model.
+    """
+    return OpenAIChatModel(settings.llm_base_url, model=settings.llm_model,
+                           api_key=settings.llm_api_key or os.environ.get("OPENAI_API_KEY"))
+
+
+def _check_backend(settings: Any) -> list[str]:
+    if not settings.llm_base_url:
+        return ["--llm-backend openai needs --llm-base-url (e.g. http://host:8000/v1)"]
+    return []
+
+
+BACKEND = Backend(
+    name="openai",
+    summary="an OpenAI-compatible server (vLLM, SGLang, another chatllm-webui) at --llm-base-url",
+    load=load_backend,
+    check=_check_backend,
+    flags=(
+        Flag("llm-base-url", dict(metavar="URL", help="with --llm-backend openai, e.g. http://host:8000/v1")),
+        Flag("llm-api-key", dict(help="with --llm-backend openai (default $OPENAI_API_KEY)")),
+        Flag("llm-model", dict(help="with --llm-backend openai: model id (default: the server's first)")),
+    ),
+)

@@ -20,39 +20,16 @@ log = logging.getLogger("webui")
 
 
 def load_model(settings):
-    """The chat model ``settings`` asks for: a remote OpenAI-compatible server
-    (``--llm-backend openai``), or a local transformers model, served with continuous
-    batching where ``--batching`` says so (auto: with a GPU).
+    """The chat model ``settings`` asks for, from the ``--llm-backend`` registry
+    (:mod:`llm.backends`: ``transformers`` -- a local model, continuously batched where
+    ``--batching`` says so -- or ``openai``, a remote OpenAI-compatible server).
 
     Raises:
         llm.base.ModelLoadError: the model or the remote server cannot be loaded or reached.
     """
-    from llm.loader import load_chat_model
+    from llm.backends import load_chat_model_for
 
-    if settings.llm_backend == "openai":
-        from llm.remote import OpenAIChatModel
-
-        return OpenAIChatModel(settings.llm_base_url, model=settings.llm_model,
-                               api_key=settings.llm_api_key or os.environ.get("OPENAI_API_KEY"))
-    model = load_chat_model(settings.model_path, cpu=settings.cpu, precision=settings.precision,
-                            use_template=not settings.no_template, model_type=settings.model_type,
-                            demo_dir=settings.demo_dir, lora_path=settings.lora_path)
-    batching = settings.batching == "on" or (settings.batching == "auto" and model.model.device.type == "cuda")
-    if not batching:
-        if settings.compile:
-            model.use_static_cache()
-        return model
-    from llm.batching import BatchedHFChatModel
-
-    try:
-        batched = BatchedHFChatModel.wrap(model, max_memory_percent=settings.kv_cache_memory,
-                                          max_batch_tokens=settings.max_batch_tokens,
-                                          compile_level=1 if settings.compile else 0)
-    except Exception:  # noqa: BLE001 - an unsupported model still serves, one request at a time
-        log.exception("continuous batching could not start; serving one request at a time")
-        return model
-    log.info("continuous batching on (KV cache up to %.0f%% of free memory)", 100 * settings.kv_cache_memory)
-    return batched
+    return load_chat_model_for(settings)
 
 
 def settle_hub(settings) -> str:
