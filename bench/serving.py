@@ -13,6 +13,8 @@
 CPU (tiny demo model):  python bench/serving.py --cpu
 GPU (Qwen2.5-7B config, random bf16 weights):  python bench/serving.py --random-7b --batching on
 CI smoke test:  python bench/serving.py --cpu --smoke
+--batching off vs on side by side, one run (how ``--batching auto`` was decided):
+    python bench/serving.py --cpu --batching off,on --users 1,8,32
 """
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ def direct_stream(chat, messages, params) -> dict:
     return {"tokens": n, "ttft": first - start, "decode_tps": (n - 1) / (end - first)}
 
 
-def start_server(path: str, args, max_users: int) -> tuple[str, subprocess.Popen]:
+def start_server(path: str, args, max_users: int, batching: str) -> tuple[str, subprocess.Popen]:
     """``run.py --api-only`` serving the model at ``path`` on a free loopback port, in its
     own process; returns (base URL, process) once ``/health`` answers.
 
@@ -108,7 +110,7 @@ def start_server(path: str, args, max_users: int) -> tuple[str, subprocess.Popen
     root = Path(__file__).resolve().parents[1]
     log = tempfile.NamedTemporaryFile("w+", prefix="bench-server-", suffix=".log", delete=False)
     cmd = [sys.executable, str(root / "run.py"), "--api-only", "--model-path", path, "--port", str(port),
-           "--knowledge-dir", tempfile.mkdtemp(prefix="bench-kb-"), "--batching", args.batching,
+           "--knowledge-dir", tempfile.mkdtemp(prefix="bench-kb-"), "--batching", batching,
            "--kv-cache-memory", str(args.kv_cache_memory), "--stream-interval-ms", str(args.stream_interval_ms),
            "--max-queue", str(max(64, 2 * max_users)), "--max-new-tokens-limit", str(max(4096, args.new_tokens))]
     if args.cpu:
@@ -185,7 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--random-7b", action="store_true", help="random bf16 weights, Qwen2.5-7B configuration")
     p.add_argument("--random-layers", type=int, default=None, help="with --random-7b: fewer layers (quick check)")
     p.add_argument("--cpu", action="store_true")
-    p.add_argument("--batching", choices=["on", "off"], default="on")
+    p.add_argument("--batching", default="on",
+                   help="the server's --batching: on, off, or several comma-separated (each served in turn, "
+                        "side by side in the result's 'served_by_batching')")
     p.add_argument("--kv-cache-memory", type=float, default=0.5)
     p.add_argument("--users", default="1,8,32,64", help="concurrent streams, comma-separated")
     p.add_argument("--prompt-tokens", type=int, default=512)
@@ -194,6 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, for CI: users 1,2, 32+8 tokens")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
+    modes = args.batching.split(",")
+    if not set(modes) <= {"on", "off", "auto"}:
+        p.error(f"--batching takes on, off, auto or a comma-separated list of them, got {args.batching!r}")
     if args.smoke:
         args.users, args.prompt_tokens, args.new_tokens = "1,2", 32, 8
 
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     plain_generate(chat, messages, args.new_tokens, 1)  # warm-up
     one = plain_generate(chat, messages, args.new_tokens, 3)
     direct = direct_stream(chat, messages, params)
-    model = BatchedHFChatModel.wrap(chat, max_memory_percent=args.kv_cache_memory) if args.batching == "on" else chat
+    model = BatchedHFChatModel.wrap(chat, max_memory_percent=args.kv_cache_memory) if "on" in modes else chat
     try:
         direct_stream(model, messages, params)  # warm-up
         direct_model = max((direct_stream(model, messages, params) for _ in range(3)), key=lambda r: r["decode_tps"])
@@ -230,15 +237,19 @@ def main(argv: list[str] | None = None) -> dict:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    url, server = start_server(path, args, max(users))
-    try:
-        asyncio.run(served(url, messages, args.new_tokens, 1))  # warm-up
-        via_api_one = max((asyncio.run(served(url, messages, args.new_tokens, 1)) for _ in range(3)),
-                          key=lambda r: r["decode_tps_per_stream_p50"])
-        rows = [asyncio.run(served(url, messages, args.new_tokens, n)) for n in users]
-    finally:
-        server.terminate()
-        server.wait(30)
+    by_mode = {}
+    for mode in modes:
+        url, server = start_server(path, args, max(users), mode)
+        try:
+            asyncio.run(served(url, messages, args.new_tokens, 1))  # warm-up
+            via_api_one = max((asyncio.run(served(url, messages, args.new_tokens, 1)) for _ in range(3)),
+                              key=lambda r: r["decode_tps_per_stream_p50"])
+            by_mode[mode] = {"one_stream_best_of_3": via_api_one,
+                             "rows": [asyncio.run(served(url, messages, args.new_tokens, n)) for n in users]}
+        finally:
+            server.terminate()
+            server.wait(30)
+    rows = by_mode[modes[-1]]["rows"]
     result = {
         "benchmark": "serving", "machine": machine(), "model": path, "device": device,
         "dtype": dtype, "batching": args.batching,
@@ -249,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
                            "queued": [queued(one, n) for n in users]},
         "direct_stream_plain_model": direct,
         "served": rows,
+        "served_by_batching": by_mode,
         "overhead": {"api_decode_tps": via_api_one["decode_tps_per_stream_p50"],
                      "direct_decode_tps": direct_model["decode_tps"],
                      "ratio": via_api_one["decode_tps_per_stream_p50"] / direct_model["decode_tps"]},

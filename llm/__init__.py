@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from llm.base import ChatModel, GenerationError, GenerationParams, Message, ModelLoadError
+from llm.base import ChatModel, Generation, GenerationError, GenerationParams, Message, ModelLoadError, Usage
 from llm.history import build_messages, trim_history
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
@@ -28,6 +28,8 @@ _LAZY = {
 __all__ = [
     "ChatModel",
     "GenerationParams",
+    "Generation",
+    "Usage",
     "Message",
     "GenerationError",
     "ModelLoadError",

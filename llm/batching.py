@@ -26,8 +26,8 @@ from typing import Any, Iterator
 
 from transformers import GenerationConfig
 
-from llm.base import GenerationError, GenerationParams
-from llm.hf import HFChatModel, StopStrings
+from llm.base import Generation, GenerationError, GenerationParams
+from llm.hf import HFChatModel, StopStrings, finish_reason_of
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,10 @@ class BatchedHFChatModel(HFChatModel):
         return {"temperature": float(params.temperature), "top_k": int(params.top_k or self._vocab),
                 "top_p": float(params.top_p)}
 
-    def _generate(self, input_ids: list[int], params: GenerationParams, max_new_tokens: int) -> Iterator[str]:
-        """Submit the request, then yield its text as its tokens arrive (see :meth:`HFChatModel.stream`)."""
+    def _generate(self, input_ids: list[int], params: GenerationParams, max_new_tokens: int,
+                  gen: Generation) -> Iterator[str]:
+        """Submit the request, then yield its text as its tokens arrive (see :meth:`HFChatModel.stream`);
+        sets ``gen``'s ``completion_tokens`` and ``finish_reason`` from the manager's tokens."""
         rid = f"chat-{uuid.uuid4().hex}"
         q: queue.Queue = queue.Queue()
         with self._queues_lock:
@@ -156,11 +158,16 @@ class BatchedHFChatModel(HFChatModel):
                 if item.error:
                     raise GenerationError(f"generation with {self.name!r} failed: {item.error}")
                 finished = item.is_finished()
-                text = self.tokenizer.decode(item.generated_tokens, skip_special_tokens=True)
+                tokens = item.generated_tokens
+                gen.completion_tokens = len(tokens)
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 if not finished and text.endswith("\ufffd"):
                     continue  # a character split across tokens: wait for the rest
                 ready = stop.feed(text[len(sent):], final=finished)
                 sent = text
+                if stop.stopped or finished:
+                    gen.finish_reason = finish_reason_of(len(tokens), int(tokens[-1]) if tokens else None,
+                                                         self.eos_token_ids(), max_new_tokens, stop.stopped)
                 if ready:
                     yield ready
                 if stop.stopped or finished:

@@ -15,7 +15,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from llm.base import ChatModel, GenerationError, GenerationParams, Message
+from llm.base import ChatModel, Generation, GenerationError, GenerationParams, Message
+from llm.budget import check_prompt_fits, clamp_max_new_tokens
 from llm.templates import neutralize_special_tokens, special_token_texts
 
 logger = logging.getLogger(__name__)
@@ -26,14 +27,29 @@ _SANE_CONTEXT = 10_000_000  # tokenizer.model_max_length is 1e30 when unset
 
 
 class _StopOnEvent(StoppingCriteria):
-    """Stops ``generate`` at the next step once ``event`` is set."""
+    """Stops ``generate`` at the next step once ``event`` is set; records, at every step,
+    the sequence's length and last token (``generate`` calls it after appending each token),
+    from which the answer's token count and finish reason are read."""
 
     def __init__(self, event: threading.Event):
         self.event = event
+        self.length = 0
+        self.last: int | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         """Return a ``(batch,)`` bool tensor, all True once the event is set."""
+        self.length = int(input_ids.shape[1])
+        self.last = int(input_ids[0, -1])
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def finish_reason_of(generated: int, last_token: int | None, eos: set[int], max_new_tokens: int,
+                     stopped_by_string: bool) -> str:
+    """``"stop"`` for a stop string or an end-of-sequence last token, ``"length"`` when
+    ``generated`` reached ``max_new_tokens``, else ``"stop"``."""
+    if stopped_by_string or (generated and last_token in eos):
+        return "stop"
+    return "length" if generated >= max_new_tokens else "stop"
 
 
 def _context_length(model: Any, tokenizer: Any) -> int:
@@ -192,19 +208,22 @@ class HFChatModel(ChatModel):
         strings end the answer (the stop string is not yielded) and stop generating.
 
         Raises:
-            ValueError: (at once) the prompt has more than ``context_length - 1`` tokens.
+            llm.budget.PromptTooLongError: (at once) the prompt has more than ``context_length - 1`` tokens.
             GenerationError: (from the iterator) ``generate`` failed (cause chained), or
                 no text came within ``stream_timeout`` seconds.
         """
         input_ids = self._encode(self.render_prompt(messages))
-        if len(input_ids) > self.context_length - 1:
-            raise ValueError(
-                f"the prompt has {len(input_ids)} tokens, more than the {self.context_length - 1} that "
-                f"fit in the context of {self.name!r} ({self.context_length} tokens, one kept for the answer): "
-                "shorten the question, the history or the retrieved context"
-            )
-        max_new_tokens = min(params.max_new_tokens, self.context_length - len(input_ids))
-        return self._generate(input_ids, params, max_new_tokens)
+        check_prompt_fits(len(input_ids), self.context_length, self.name)
+        max_new_tokens = clamp_max_new_tokens(params.max_new_tokens, len(input_ids), self.context_length)
+        gen = Generation(prompt_tokens=len(input_ids))
+        return gen.run(self._generate(input_ids, params, max_new_tokens, gen))
+
+    def eos_token_ids(self) -> set[int]:
+        """The end-of-sequence token ids (the generation config's, else the tokenizer's)."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
 
     def _generate_kwargs(self, input_ids: list[int], params: GenerationParams, max_new_tokens: int) -> dict[str, Any]:
         """``model.generate`` kwargs for one answer (streamer and stopping criteria added by the caller)."""
@@ -248,15 +267,18 @@ class HFChatModel(ChatModel):
         finally:
             self._lock.release()
 
-    def _generate(self, input_ids: list[int], params: GenerationParams, max_new_tokens: int) -> Iterator[str]:
-        """The iterator returned by :meth:`stream`."""
+    def _generate(self, input_ids: list[int], params: GenerationParams, max_new_tokens: int,
+                  gen: Generation) -> Iterator[str]:
+        """The pieces of the :class:`Generation` returned by :meth:`stream`; sets its
+        ``completion_tokens`` and ``finish_reason`` before it ends."""
         stop_event = threading.Event()
         errors: list[BaseException] = []
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.stream_timeout
         )
         kwargs = self._generate_kwargs(input_ids, params, max_new_tokens)
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnEvent(stop_event)])
+        progress = _StopOnEvent(stop_event)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([progress])
         thread = threading.Thread(
             target=self._run, args=(kwargs, streamer, errors), name=GENERATE_THREAD_NAME, daemon=True
         )
@@ -278,12 +300,18 @@ class HFChatModel(ChatModel):
                         f"{self.name!r} produced no text within {self.stream_timeout} s"
                     ) from exc
                 ready = stop.feed(piece)
+                gen.completion_tokens = max(0, progress.length - len(input_ids))
+                if stop.stopped:
+                    gen.finish_reason = "stop"
                 if ready:
                     yield ready
                 if stop.stopped:
                     return
             if errors:
                 raise GenerationError(f"generation with {self.name!r} failed: {errors[0]!r}") from errors[0]
+            gen.completion_tokens = max(0, progress.length - len(input_ids))
+            gen.finish_reason = finish_reason_of(gen.completion_tokens, progress.last, self.eos_token_ids(),
+                                                 max_new_tokens, False)
             rest = stop.feed("", final=True)
             if rest:
                 yield rest

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from llm.backends import Backend, Flag
 from llm.base import ModelLoadError
 from llm.templates import template_for
 
@@ -315,13 +316,74 @@ def load_chat_model(
     except ModelLoadError as exc:
         from llm.demo import DEMO_MODEL_NAME, build_demo_model
 
+        logger.debug("default model not loaded: %r", exc.__cause__ or exc)
         logger.warning(
-            "no --model-path given and %s is not available (%s): using the built-in DEMO model, whose answers "
-            "are meaningless random text, until you start the server with --model-path <folder or hub id>",
-            DEFAULT_MODEL_PATH, exc.__cause__ or exc,
+            "no --model-path given and %s is not in the local cache%s: serving the built-in DEMO model "
+            "(meaningless random answers); pass --model-path <folder or hub id>",
+            DEFAULT_MODEL_PATH, " and the hub cannot be reached" if _offline() else " nor downloadable",
         )
         demo_path = build_demo_model(demo_dir)
         options.update(model_type=None, trust_remote_code=False)
         return _load(str(demo_path), name=DEMO_MODEL_NAME, is_demo=True, **options)
     # The default model is there: a failure now is an error, not hidden behind the demo.
     return _load(DEFAULT_MODEL_PATH, found, name=DEFAULT_MODEL_PATH, **options)
+
+
+def use_batching(batching: str, device: str) -> bool:
+    """Whether ``--batching`` (``on``/``off``/``auto``) serves with continuous batching on
+    ``device``: ``auto`` means on with a CUDA GPU, off on the CPU (where one stream alone is
+    faster without it: docs/benchmarks.md, 'Serving')."""
+    return batching == "on" or (batching == "auto" and device.startswith("cuda"))
+
+
+def load_backend(settings: Any):
+    """The ``transformers`` backend: :func:`load_chat_model` with the settings' model flags,
+    then continuous batching (:class:`llm.batching.BatchedHFChatModel`) where :func:`use_batching`
+    says so; a model batching cannot serve is served one request at a time (logged).
+
+    Raises:
+        ModelLoadError: see :func:`load_chat_model`.
+    """
+    model = load_chat_model(settings.model_path, cpu=settings.cpu, precision=settings.precision,
+                            use_template=not settings.no_template, model_type=settings.model_type,
+                            demo_dir=settings.demo_dir, lora_path=settings.lora_path)
+    if not use_batching(settings.batching, model.model.device.type):
+        if settings.compile:
+            model.use_static_cache()
+        return model
+    from llm.batching import BatchedHFChatModel
+
+    try:
+        batched = BatchedHFChatModel.wrap(model, max_memory_percent=settings.kv_cache_memory,
+                                          max_batch_tokens=settings.max_batch_tokens,
+                                          compile_level=1 if settings.compile else 0)
+    except Exception:  # noqa: BLE001 - an unsupported model still serves, one request at a time
+        logger.exception("continuous batching could not start; serving one request at a time")
+        return model
+    logger.info("continuous batching on (KV cache up to %.0f%% of free memory)", 100 * settings.kv_cache_memory)
+    return batched
+
+
+def _check_backend(settings: Any) -> list[str]:
+    if not 0 < settings.kv_cache_memory <= 1:
+        return [f"--kv-cache-memory must be in (0, 1], got {settings.kv_cache_memory}"]
+    return []
+
+
+BACKEND = Backend(
+    name="transformers",
+    summary="a local transformers model (--model-path), continuous batching per --batching",
+    load=load_backend,
+    check=_check_backend,
+    flags=(
+        Flag("batching", dict(choices=["auto", "on", "off"], help=(
+            "serve concurrent requests in shared forward passes (transformers' continuous batching); "
+            "auto = on with a GPU, off on CPU"))),
+        Flag("kv-cache-memory", dict(type=float, metavar="FRACTION",
+                                     help="share (0-1] of the device's free memory the batched KV cache may use")),
+        Flag("max-batch-tokens", dict(type=int, help="most tokens in one batched forward pass")),
+        Flag("compile", dict(action="store_true",
+                             help="static KV cache + torch.compile (GPU; with --batching, transformers' compiled "
+                                  "paths)")),
+    ),
+)

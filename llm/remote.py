@@ -7,9 +7,11 @@ page, the knowledge bases and the API work unchanged on top of it.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Iterator, Sequence
 
-from llm.base import ChatModel, GenerationError, GenerationParams, Message, ModelLoadError
+from llm.backends import Backend, Flag
+from llm.base import ChatModel, Generation, GenerationError, GenerationParams, Message, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class OpenAIChatModel(ChatModel):
         import openai
 
         kwargs: dict[str, Any] = dict(model=self.name, messages=[dict(m) for m in messages], stream=True,
-                                      max_tokens=params.max_new_tokens)
+                                      max_tokens=params.max_new_tokens, stream_options={"include_usage": True})
         if params.greedy:
             kwargs["temperature"] = 0
         else:
@@ -70,21 +72,67 @@ class OpenAIChatModel(ChatModel):
                 kwargs["extra_body"] = {"top_k": params.top_k}
         if params.stop:
             kwargs["stop"] = list(params.stop)
-        return self._pieces(kwargs, openai.OpenAIError)
+        gen = Generation()
+        return gen.run(self._pieces(kwargs, openai.OpenAIError, gen, messages, params))
 
-    def _pieces(self, kwargs: dict[str, Any], api_error: type[Exception]) -> Iterator[str]:
+    def _pieces(self, kwargs: dict[str, Any], api_error: type[Exception], gen: Generation,
+                messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
+        """The remote answer's pieces; ``gen`` gets the server's ``finish_reason`` (anything but
+        ``length`` counts as ``stop``) and ``usage``; a server that sends no usage chunk gets
+        whitespace-word estimates (:meth:`ChatModel.count_tokens`)."""
         try:
             stream = self.client.chat.completions.create(**kwargs)
         except api_error as exc:
             raise GenerationError(f"the remote model {self.name!r} at {self.base_url} failed: {exc}") from exc
+        text, reason = [], None
         try:
             for chunk in stream:
+                usage = getattr(chunk, "usage", None)
+                if usage is not None:
+                    gen.prompt_tokens, gen.completion_tokens = usage.prompt_tokens, usage.completion_tokens
                 if not chunk.choices:
                     continue
+                reason = chunk.choices[0].finish_reason or reason
                 piece = chunk.choices[0].delta.content
                 if piece:
+                    text.append(piece)
                     yield piece
+            if gen.prompt_tokens is None:
+                gen.prompt_tokens = self.count_prompt_tokens(messages)
+            if gen.completion_tokens is None:
+                gen.completion_tokens = self.count_tokens("".join(text))
+            gen.finish_reason = "length" if reason == "length" else "stop"
         except api_error as exc:
             raise GenerationError(f"the remote model {self.name!r} at {self.base_url} failed: {exc}") from exc
         finally:
             stream.close()  # closing early ends the remote generation too
+
+
+def load_backend(settings: Any) -> OpenAIChatModel:
+    """The ``openai`` backend: an :class:`OpenAIChatModel` at ``--llm-base-url``
+    (key: ``--llm-api-key``, else ``$OPENAI_API_KEY``).
+
+    Raises:
+        ModelLoadError: the server cannot be reached or lists no model.
+    """
+    return OpenAIChatModel(settings.llm_base_url, model=settings.llm_model,
+                           api_key=settings.llm_api_key or os.environ.get("OPENAI_API_KEY"))
+
+
+def _check_backend(settings: Any) -> list[str]:
+    if not settings.llm_base_url:
+        return ["--llm-backend openai needs --llm-base-url (e.g. http://host:8000/v1)"]
+    return []
+
+
+BACKEND = Backend(
+    name="openai",
+    summary="an OpenAI-compatible server (vLLM, SGLang, another chatllm-webui) at --llm-base-url",
+    load=load_backend,
+    check=_check_backend,
+    flags=(
+        Flag("llm-base-url", dict(metavar="URL", help="with --llm-backend openai, e.g. http://host:8000/v1")),
+        Flag("llm-api-key", dict(help="with --llm-backend openai (default $OPENAI_API_KEY)")),
+        Flag("llm-model", dict(help="with --llm-backend openai: model id (default: the server's first)")),
+    ),
+)

@@ -14,8 +14,12 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from llm.budget import AnswerTooLongError, PromptTooLongError
+from llm.budget import check_max_new_tokens as budget_check
+from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase
+
 from .protocol import ErrorBody, ErrorResponse
-from .services import ChatService, PromptTooLongError
+from .services import ChatService
 from .settings import Settings
 
 T = TypeVar("T")
@@ -59,6 +63,31 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+#: What an exception raised while starting a request means on the wire: the first row whose class
+#: matches wins; anything not here is a 500 ``server_error`` (:func:`generation_failed`) -- a bare
+#: ``KeyError`` from deep inside retrieval included. Columns: exception class, HTTP status, OpenAI
+#: error type, OpenAI error code, and which request field is at fault ("prompt": the field holding
+#: the prompt, "knowledge_base": the one naming the knowledge base).
+ERROR_TABLE: tuple[tuple[type[BaseException], int, str, str | None, str], ...] = (
+    (PromptTooLongError, 400, "invalid_request_error", "context_length_exceeded", "prompt"),
+    (UnknownKnowledgeBase, 404, "not_found_error", None, "knowledge_base"),
+    (InvalidKnowledgeBaseName, 400, "invalid_request_error", None, "knowledge_base"),
+    (ValueError, 400, "invalid_request_error", None, "prompt"),
+)
+
+
+def api_error_for(exc: BaseException, fields: dict[str, str]) -> ApiError:
+    """The :class:`ApiError` for ``exc`` by :data:`ERROR_TABLE`; ``fields`` maps the table's field
+    roles to this protocol's names (e.g. ``{"prompt": "messages"}``). An :class:`ApiError` is
+    returned as it is; an exception not in the table is a logged 500."""
+    if isinstance(exc, ApiError):
+        return exc
+    for kind, status, type_, code, role in ERROR_TABLE:
+        if isinstance(exc, kind):
+            return ApiError(status, str(exc), type=type_, code=code, param=fields.get(role, role))
+    return generation_failed(exc)
+
+
 def generation_failed(exc: BaseException) -> ApiError:
     """The 500 ``server_error`` for a model that failed (logged here with its traceback)."""
     log.error("generation failed", exc_info=exc)
@@ -66,21 +95,25 @@ def generation_failed(exc: BaseException) -> ApiError:
 
 
 @contextmanager
-def generation_errors(param: str) -> Iterator[None]:
-    """Turn what starting a generation raises into API errors: ``ApiError`` as it is,
-    ``PromptTooLongError`` 400 ``context_length_exceeded``, other ``ValueError`` 400, both
-    naming ``param`` (the request field holding the prompt); anything else 500
-    (:func:`generation_failed`)."""
+def generation_errors(param: str, kb_param: str = "knowledge_base") -> Iterator[None]:
+    """Turn what starting a generation raises into API errors by :data:`ERROR_TABLE`
+    (:func:`api_error_for`); ``param`` is the request field holding the prompt, ``kb_param``
+    the one naming the knowledge base."""
     try:
         yield
-    except ApiError:
-        raise
-    except PromptTooLongError as exc:
-        raise ApiError(400, str(exc), param=param, code="context_length_exceeded") from None
-    except ValueError as exc:
-        raise ApiError(400, str(exc), param=param) from None
-    except Exception as exc:  # noqa: BLE001 - the model failed before its first token
-        raise generation_failed(exc) from None
+    except Exception as exc:  # noqa: BLE001 - mapped by the table; the rest is a 500
+        raise api_error_for(exc, {"prompt": param, "knowledge_base": kb_param}) from None
+
+
+def generation_record(gen: Any) -> dict[str, Any]:
+    """The export fields of a finished generation: ``{"finish_reason", "usage": {"prompt_tokens",
+    "completion_tokens"}}`` as the model reported them; ``{}`` when ``gen`` is None (no model call)."""
+    if gen is None:
+        return {}
+    usage = gen.usage()
+    return {"finish_reason": gen.finish_reason,
+            "usage": None if usage is None else {"prompt_tokens": usage.prompt_tokens,
+                                                 "completion_tokens": usage.completion_tokens}}
 
 
 def get_service(request: Request) -> ChatService:
@@ -89,16 +122,16 @@ def get_service(request: Request) -> ChatService:
 
 
 def check_max_new_tokens(settings: Settings, value: int | None, field: str, status: int = 422) -> None:
-    """Refuse a requested answer length above ``--max-new-tokens-limit``.
+    """Refuse a requested answer length above ``--max-new-tokens-limit``
+    (:func:`llm.budget.check_max_new_tokens`).
 
     Raises:
         ApiError: ``status`` naming ``field``, the value and the limit.
     """
-    limit = settings.max_new_tokens_limit
-    if value is not None and value > limit:
-        raise ApiError(status, f"{field}: must be <= {limit} (this server's --max-new-tokens-limit), got {value}; "
-                               "ask for fewer tokens, or start the server with a larger --max-new-tokens-limit",
-                       param=field)
+    try:
+        budget_check(value, settings.max_new_tokens_limit, field)
+    except AnswerTooLongError as exc:
+        raise ApiError(status, str(exc), param=field) from None
 
 
 class AdmissionGate:

@@ -7,16 +7,16 @@ import json
 import logging
 import time
 from contextlib import aclosing
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from llm.base import GenerationParams, Message
+from llm.base import Generation, GenerationParams, Message
 
 from .api_common import (CLIENT_GONE, AdmissionGate, ApiError, GatedStreamingResponse, check_max_new_tokens,
-                         close_iterator, coalesced_text, collect, generation_errors, get_gate,
-                         get_service)
+                         close_iterator, coalesced_text, collect, generation_errors, generation_record,
+                         get_gate, get_service)
 from .protocol import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                        ChunkChoice, Delta, ErrorResponse, ModelCard, ModelList, Usage, completion_id)
 from .services import ChatService
@@ -73,15 +73,16 @@ def _check_model(service: ChatService, req: ChatCompletionRequest) -> str:
     return served
 
 
-def _usage(service: ChatService, messages: list[Message], answer: str) -> Usage:
-    prompt_tokens = service.model.count_prompt_tokens(messages)
-    completion_tokens = service.model.count_tokens(answer)
-    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                 total_tokens=prompt_tokens + completion_tokens)
+def _usage(gen: Generation) -> Usage:
+    """The OpenAI usage object from the model's own counts (:meth:`llm.base.Generation.usage`)."""
+    usage = gen.usage()
+    prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _finish_reason(service: ChatService, answer: str, params: GenerationParams) -> str:
-    return "length" if service.model.count_tokens(answer) >= params.max_new_tokens else "stop"
+def _finish_reason(gen: Generation) -> str:
+    """How the model says it stopped: ``stop`` or ``length`` (an ``error`` is raised, never finished)."""
+    return "length" if gen.finish_reason == "length" else "stop"
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=GENERATION_ERRORS)
@@ -109,21 +110,22 @@ async def chat_completions(req: ChatCompletionRequest, request: Request, service
             release()
     if answer is None:
         return CLIENT_GONE
-    _export(service, messages, answer)
-    return ChatCompletion(model=model, usage=_usage(service, messages, answer), choices=[Choice(
-        message=AssistantMessage(content=answer), finish_reason=_finish_reason(service, answer, params))])
+    await run_in_threadpool(_export, service, messages, answer, pieces)  # the export's fsync: off the loop
+    return ChatCompletion(model=model, usage=_usage(pieces), choices=[Choice(
+        message=AssistantMessage(content=answer), finish_reason=_finish_reason(pieces))])
 
 
-def _export(service: ChatService, messages: list[Message], answer: str) -> None:
+def _export(service: ChatService, messages: list[Message], answer: str, gen: Generation) -> None:
     system = "\n".join(m["content"] for m in messages if m["role"] == "system") or None
     turns = [m for m in messages if m["role"] != "system"]
     users = [m["content"] for m in turns[:-1] if m["role"] == "user"]
     answers = [m["content"] for m in turns[:-1] if m["role"] == "assistant"]
-    service.record_round("openai", turns[-1]["content"], answer, list(zip(users, answers)), system)
+    service.record_round("openai", turns[-1]["content"], answer, list(zip(users, answers)), system,
+                         **generation_record(gen))
 
 
 async def _sse(service: ChatService, model: str, messages: list[Message], params: GenerationParams,
-               pieces: Iterator[str], include_usage: bool) -> AsyncIterator[str]:
+               pieces: Generation, include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events of a streamed completion, OpenAI's chunk sequence: a role
     chunk, content chunks (the text generated since the previous chunk, at most one
     chunk per ``--stream-interval-ms``; the first at once), a chunk
@@ -154,13 +156,8 @@ async def _sse(service: ChatService, model: str, messages: list[Message], params
     finally:
         close_iterator(pieces)  # a client gone before the first token: stop the model (else a no-op)
 
-    def finish() -> tuple[str, Usage | None]:  # tokenizer work and the export's fsync: off the event loop
-        _export(service, messages, answer)
-        return (_finish_reason(service, answer, params),
-                _usage(service, messages, answer) if include_usage else None)
-
-    finish_reason, usage = await run_in_threadpool(finish)
-    yield event([ChunkChoice(delta=Delta(), finish_reason=finish_reason)])
-    if usage is not None:
-        yield event([], usage=usage)
+    await run_in_threadpool(_export, service, messages, answer, pieces)  # the export's fsync: off the event loop
+    yield event([ChunkChoice(delta=Delta(), finish_reason=_finish_reason(pieces))])
+    if include_usage:
+        yield event([], usage=_usage(pieces))
     yield "data: [DONE]\n\n"

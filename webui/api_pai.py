@@ -20,14 +20,13 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from llm.base import GenerationParams
+from llm.base import Generation, GenerationParams
 from llm.history import trim_history
-from rag.registry import InvalidKnowledgeBaseName
 
 from .api_common import (CLIENT_GONE, AdmissionGate, ApiError, GatedStreamingResponse, check_max_new_tokens,
-                         close_iterator, coalesced_text, collect, generation_errors, get_gate,
-                         get_service)
-from .protocol import ErrorResponse, PaiChatRequest, PaiChatResponse, Source
+                         close_iterator, coalesced_text, collect, generation_errors, generation_record,
+                         get_gate, get_service)
+from .protocol import ErrorResponse, PaiChatRequest, PaiChatResponse, Source, Usage
 from .services import ChatService
 
 log = logging.getLogger(__name__)
@@ -89,8 +88,11 @@ def _params(service: ChatService, req: PaiChatRequest) -> GenerationParams:
         raise ApiError(422, str(exc)) from None
 
 
-def answer_chunks(service: ChatService, req: PaiChatRequest, channel: str) -> tuple[list[Source] | None, Iterator[str]]:
-    """Start answering ``req``: (sources or None, the answer's text pieces).
+def answer_chunks(service: ChatService, req: PaiChatRequest,
+                  channel: str) -> tuple[list[Source] | None, Iterator[str], Generation | None]:
+    """Start answering ``req``: (sources or None, the answer's text pieces, the model's
+    :class:`~llm.base.Generation` -- its ``finish_reason`` and ``usage`` once the pieces ran
+    out -- or None when the model is not called).
 
     The new round is exported when the pieces run out.
 
@@ -101,20 +103,17 @@ def answer_chunks(service: ChatService, req: PaiChatRequest, channel: str) -> tu
     """
     params = _params(service, req)
     history = [tuple(h) for h in req.history]
-    with generation_errors("prompt"):
-        try:
-            if req.langchain:
-                answer = service.answer_from_knowledge(
-                    req.prompt, history, top_k=req.retrieval_top_k, score_threshold=req.score_threshold,
-                    system_prompt=req.system_prompt, params=params, kb=req.knowledge_base)
-                sources, pieces = [Source(**r.to_dict()) for r in answer.sources], answer.pieces
-            else:
-                sources, pieces = None, service.stream_chat(req.prompt, history, system_prompt=req.system_prompt,
-                                                            params=params)
-        except KeyError as exc:  # unknown knowledge base
-            raise ApiError(404, str(exc), type="not_found_error", param="knowledge_base") from None
-        except InvalidKnowledgeBaseName as exc:
-            raise ApiError(400, str(exc), param="knowledge_base") from None
+    with generation_errors("prompt"):  # statuses by api_common.ERROR_TABLE
+        if req.langchain:
+            answer = service.answer_from_knowledge(
+                req.prompt, history, top_k=req.retrieval_top_k, score_threshold=req.score_threshold,
+                system_prompt=req.system_prompt, params=params, kb=req.knowledge_base)
+            sources, pieces = [Source(**r.to_dict()) for r in answer.sources], answer.pieces
+            gen = answer.generation
+        else:
+            sources = None
+            pieces = gen = service.stream_chat(req.prompt, history, system_prompt=req.system_prompt,
+                                               params=params)
 
     def recorded() -> Iterator[str]:
         text = []
@@ -124,16 +123,30 @@ def answer_chunks(service: ChatService, req: PaiChatRequest, channel: str) -> tu
                 yield piece
         finally:
             close_iterator(pieces)  # stops the model when the client went away
+            close_iterator(gen)  # the same, when ``pieces`` is a chain in front of it
         service.record_round(channel, req.prompt, "".join(text), history, req.system_prompt,
-                             **({"sources": [s.model_dump() for s in sources]} if sources is not None else {}))
+                             **({"sources": [s.model_dump() for s in sources]} if sources is not None else {}),
+                             **generation_record(gen))
 
-    return sources, recorded()
+    return sources, recorded(), gen
+
+
+def _ending(gen: Generation | None) -> dict:
+    """``finish_reason`` and ``usage`` of the last reply, from the model's own report."""
+    if gen is None:
+        return {"finish_reason": "stop"}
+    usage = gen.usage()
+    return {"finish_reason": "length" if gen.finish_reason == "length" else "stop",
+            "usage": None if usage is None else Usage(prompt_tokens=usage.prompt_tokens,
+                                                      completion_tokens=usage.completion_tokens,
+                                                      total_tokens=usage.total_tokens)}
 
 
 def _reply(req: PaiChatRequest, answer: str, sources: list[Source] | None, delta: str | None = None,
-           history: list | None = None) -> dict:
+           history: list | None = None, gen: Generation | None = None, ended: bool = False) -> dict:
     history = list(req.history) + [(req.prompt, answer)] if history is None else history
-    out = PaiChatResponse(response=answer if delta is None else delta, history=history, sources=sources)
+    out = PaiChatResponse(response=answer if delta is None else delta, history=history, sources=sources,
+                          **(_ending(gen) if ended else {}))
     return out.model_dump(exclude_none=True)
 
 
@@ -146,11 +159,12 @@ def _partial_reply(req: PaiChatRequest, answer: str, delta: str, sources: list[S
 
 
 async def stream_replies(req: PaiChatRequest, sources: list[Source] | None, pieces: Iterator[str],
-                         interval: float = 0.0) -> AsyncIterator[dict]:
+                         interval: float = 0.0, gen: Generation | None = None) -> AsyncIterator[dict]:
     """Reply dicts as the answer grows: ``response`` = the text generated since the previous
     reply (at most one reply per ``interval`` seconds, the first at once); ``history`` holds
     the round so far in every reply but the last, which holds the whole history with the
-    new round (and has ``response`` "" : it only closes the stream). A failure mid-stream
+    new round, and ``finish_reason`` and ``usage`` from ``gen`` (and has ``response`` "" :
+    it only closes the stream). A failure mid-stream
     ends it with a reply carrying ``error``. Closing it stops the model."""
     answer = ""
     first = True
@@ -160,7 +174,7 @@ async def stream_replies(req: PaiChatRequest, sources: list[Source] | None, piec
                 answer += text
                 yield _partial_reply(req, answer, text, sources if first else None)
                 first = False
-        yield _reply(req, answer, sources if first else None, delta="")
+        yield _reply(req, answer, sources if first else None, delta="", gen=gen, ended=True)
     except Exception as exc:  # noqa: BLE001 - the status is sent already; report in-band
         log.exception("generation failed")
         yield {**_reply(req, answer, None, delta="", history=list(req.history)),
@@ -190,10 +204,11 @@ async def pai_chat(request: Request, service: ChatService = Depends(get_service)
     req = parse_request(await request.body(), request.headers.get("content-type"))
     release = gate.enter()
     try:
-        sources, pieces = await run_in_threadpool(answer_chunks, service, req, "pai")
+        sources, pieces, gen = await run_in_threadpool(answer_chunks, service, req, "pai")
         if req.use_stream_chat:
             async def body():
-                async with aclosing(stream_replies(req, sources, pieces, service.settings.stream_interval)) as replies:
+                async with aclosing(stream_replies(req, sources, pieces, service.settings.stream_interval,
+                                                   gen)) as replies:
                     async for reply in replies:
                         yield json.dumps(reply, ensure_ascii=False).encode("utf-8") + b"\0"
             response = GatedStreamingResponse(body(), release, media_type="text/plain; charset=utf-8")
@@ -202,7 +217,7 @@ async def pai_chat(request: Request, service: ChatService = Depends(get_service)
         answer = await collect(request, pieces)
         if answer is None:
             return CLIENT_GONE
-        return JSONResponse(_reply(req, answer, sources))
+        return JSONResponse(_reply(req, answer, sources, gen=gen, ended=True))
     finally:
         if release is not None:
             release()
@@ -228,9 +243,9 @@ async def _read_frames(ws: WebSocket, frames: asyncio.Queue) -> None:
             return
 
 
-async def _answer(ws: WebSocket, req: PaiChatRequest, sources, pieces, interval: float) -> dict:
+async def _answer(ws: WebSocket, req: PaiChatRequest, sources, pieces, interval: float, gen=None) -> dict:
     """Send the answer to ``req`` (streamed replies, or one reply): the last reply dict."""
-    async with aclosing(stream_replies(req, sources, pieces, interval)) as replies:
+    async with aclosing(stream_replies(req, sources, pieces, interval, gen)) as replies:
         if req.use_stream_chat:
             last = {}
             async for last in replies:
@@ -279,7 +294,7 @@ async def pai_websocket(ws: WebSocket):
                 if not req.history and history:
                     req = req.model_copy(update={"history": history})
                 release = gate.enter()
-                sources, pieces = await run_in_threadpool(answer_chunks, service, req, "websocket")
+                sources, pieces, gen = await run_in_threadpool(answer_chunks, service, req, "websocket")
             except ApiError as exc:
                 if release is not None:
                     release()
@@ -287,7 +302,7 @@ async def pai_websocket(ws: WebSocket):
                 await ws.send_json({"error": exc.message, "param": exc.param, **extra})
                 await ws.send_text(EOS)
                 continue
-            work = asyncio.create_task(_answer(ws, req, sources, pieces, service.settings.stream_interval))
+            work = asyncio.create_task(_answer(ws, req, sources, pieces, service.settings.stream_interval, gen))
             try:
                 await asyncio.wait({work, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if not work.done():  # the client left mid-answer: stop generating now

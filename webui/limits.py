@@ -57,15 +57,20 @@ class BodyLimitMiddleware:
             return await self._refuse(send, 413, self._message())
         received = 0
         started = False
+        body_done = False
 
         async def limited_receive() -> dict:
-            nonlocal received
+            nonlocal received, body_done
+            if body_done:  # the body is all in: this waits for the disconnect, as long as the answer takes
+                return await receive()
             try:
                 with anyio.fail_after(self.read_timeout):
                     message = await receive()
             except TimeoutError:
                 raise HTTPException(408, f"the request body stalled for {self.read_timeout:g} s: "
                                          "send the whole body without pausing") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
             if message["type"] == "http.request" and not upload:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:

@@ -135,6 +135,14 @@ class Source(BaseModel):
     retriever: str | None = None
 
 
+class Usage(BaseModel):
+    """Token counts of one answer, as the model counted them (OpenAI's shape)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class PaiChatResponse(BaseModel):
     """The reply: the answer (or, when streaming, the text added since the last
     chunk) and the history with this round appended."""
@@ -142,6 +150,9 @@ class PaiChatResponse(BaseModel):
     response: str
     history: list[tuple[str, str]]
     sources: list[Source] | None = None
+    #: In the last reply only: how the model stopped (``stop`` or ``length``) and its token counts.
+    finish_reason: Literal["stop", "length"] | None = None
+    usage: Usage | None = None
 
 
 # --------------------------------------------------------------------------- OpenAI
@@ -215,12 +226,6 @@ class ChatCompletionRequest(BaseModel):
         if v[-1].role != "user":
             raise ValueError(f"the last message must come from the user, got role {v[-1].role!r}")
         return v
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class AssistantMessage(BaseModel):

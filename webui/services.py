@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from llm.base import ChatModel, GenerationParams, Message
+from llm.base import ChatModel, Generation, GenerationParams, Message
+from llm.budget import PromptTooLongError, fit_messages  # noqa: F401 - PromptTooLongError re-exported
 from llm.history import build_messages
 from rag.prompt import build_rag_prompt, no_passage_notice, no_passage_refusal
 from rag.registry import KnowledgeBaseRegistry
@@ -31,20 +32,6 @@ History = Sequence[tuple[str, str]]
 QUERY_MODES = ("retrieval+llm", "llm", "retrieval")
 
 
-class PromptTooLongError(ValueError):
-    """The prompt does not fit in the model's context (with all droppable history
-    dropped); the message names the prompt's size and the limit.
-
-    Attributes:
-        tokens: the prompt's size in tokens.
-        limit: the most prompt tokens the model accepts (``context_length - 1``).
-    """
-
-    def __init__(self, message: str, tokens: int, limit: int):
-        super().__init__(message)
-        self.tokens, self.limit = tokens, limit
-
-
 @dataclass
 class RagAnswer:
     """A knowledge-base answer in the making.
@@ -60,12 +47,16 @@ class RagAnswer:
             model's answer follows, or the only piece is the refusal.
         query_mode: one of :data:`QUERY_MODES`.
         no_relevant_passage: True when retrieval ran and no chunk passed the threshold.
+        generation: the model's :class:`~llm.base.Generation` behind ``pieces`` (its
+            ``finish_reason`` and ``usage`` once ``pieces`` is exhausted); None when the
+            model is not called ("retrieval" mode, the refusal).
     """
 
     sources: list[SearchResult]
     pieces: Iterator[str]
     query_mode: str = "retrieval+llm"
     no_relevant_passage: bool = False
+    generation: Generation | None = None
 
 
 class ChatService:
@@ -118,8 +109,9 @@ class ChatService:
         return self.knowledge_bases.get(name, create=create)
 
     def stream_chat(self, prompt: str, history: History, *, system_prompt: str | None = None,
-                    params: GenerationParams | None = None, max_round: int | None = None) -> Iterator[str]:
-        """Stream the model's answer to ``prompt`` after the last ``max_round`` rounds of ``history``.
+                    params: GenerationParams | None = None, max_round: int | None = None) -> Generation:
+        """Stream the model's answer to ``prompt`` after the last ``max_round`` rounds of ``history``
+        (a :class:`~llm.base.Generation`: text pieces, then ``finish_reason`` and ``usage``).
 
         Raises:
             ValueError: the prompt is empty.
@@ -134,20 +126,20 @@ class ChatService:
             max_round=self.settings.max_round if max_round is None else max_round,
         )
         params = params or self.settings.generation_params()
-        return self.model.stream(self.fit_context(messages, params), params)
+        return self.model.generate(self.fit_context(messages, params), params)
 
-    def stream_messages(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str]:
+    def stream_messages(self, messages: Sequence[Message], params: GenerationParams) -> Generation:
         """Stream the answer to a whole conversation the caller built (the OpenAI API sends
         every message itself; no server system prompt or max_round is applied).
 
         Raises:
             PromptTooLongError: the conversation does not fit in the model's context.
         """
-        return self.model.stream(self.fit_context(messages, params, drop_history=False), params)
+        return self.model.generate(self.fit_context(messages, params, drop_history=False), params)
 
     def fit_context(self, messages: Sequence[Message], params: GenerationParams, *,
                     drop_history: bool = True) -> list[Message]:
-        """The conversation cut to fit the model's context.
+        """The conversation cut to fit the model's context (:func:`llm.budget.fit_messages`).
 
         With ``drop_history``, history rounds (a user and an assistant message after
         the system prompt) are dropped, oldest first, until the prompt leaves room
@@ -158,28 +150,9 @@ class ChatService:
             PromptTooLongError: the prompt (after dropping) still has more than
                 ``context_length - 1`` tokens; the message names both numbers.
         """
-        messages = list(messages)
-        context = self.model.context_length
-        limit = context - 1
-        room = context - min(params.max_new_tokens, context // 2)
-        head = 1 if messages and messages[0]["role"] == "system" else 0
-        tokens = self.model.count_prompt_tokens(messages)
-        dropped = 0
-        while drop_history and tokens > room and len(messages) - head >= 3:
-            del messages[head:head + 2]
-            dropped += 1
-            tokens = self.model.count_prompt_tokens(messages)
-        if dropped:
-            log.info("dropped the %d oldest history round(s) to fit the context of %r (%d tokens): "
-                     "the prompt now has %d tokens", dropped, self.model.name, context, tokens)
-        if tokens > limit:
-            what = "the question, the system prompt or the retrieved context" if drop_history else \
-                "the messages (drop the oldest ones)"
-            raise PromptTooLongError(
-                f"the prompt has {tokens} tokens{' even with all history dropped' if dropped else ''}, more than the "
-                f"{limit} that fit in the context of {self.model.name!r} ({context} tokens, one kept for the "
-                f"answer): shorten {what}", tokens, limit)
-        return messages
+        return fit_messages(messages, count_prompt_tokens=self.model.count_prompt_tokens,
+                            context_length=self.model.context_length, max_new_tokens=params.max_new_tokens,
+                            name=self.model.name, drop_history=drop_history)
 
     def retrieve(self, question: str, *, top_k: int | None = None, score_threshold: float | None = None,
                  kb: str | None = None, mode: str | None = None) -> list[SearchResult]:
@@ -236,7 +209,8 @@ class ChatService:
             raise ValueError(f"no_relevant_passage must be 'answer' or 'refuse', got {action!r}")
         generate = dict(system_prompt=system_prompt, params=params, max_round=max_round)
         if query_mode == "llm":
-            return RagAnswer(sources=[], pieces=self.stream_chat(question, history, **generate), query_mode="llm")
+            gen = self.stream_chat(question, history, **generate)
+            return RagAnswer(sources=[], pieces=gen, query_mode="llm", generation=gen)
         if query_mode != "retrieval":  # a question too long for the model: say so before searching for it
             self.fit_context(build_messages(question, [], system_prompt=self.settings.system_prompt
                                             if system_prompt is None else system_prompt, max_round=0),
@@ -247,11 +221,11 @@ class ChatService:
             return RagAnswer(sources=sources, pieces=iter(()), query_mode="retrieval",
                              no_relevant_passage=not sources)
         if sources:
-            pieces = self.stream_chat(build_rag_prompt(question, sources), history, **generate)
-            return RagAnswer(sources=sources, pieces=pieces)
+            gen = self.stream_chat(build_rag_prompt(question, sources), history, **generate)
+            return RagAnswer(sources=sources, pieces=gen, generation=gen)
         if action == "refuse":
             return RagAnswer(sources=[], pieces=iter([no_passage_refusal(question, threshold)]),
                              no_relevant_passage=True)
-        pieces = self.stream_chat(build_rag_prompt(question, []), history, **generate)
-        return RagAnswer(sources=[], pieces=itertools.chain([no_passage_notice(question, threshold)], pieces),
-                         no_relevant_passage=True)
+        gen = self.stream_chat(build_rag_prompt(question, []), history, **generate)
+        return RagAnswer(sources=[], pieces=itertools.chain([no_passage_notice(question, threshold)], gen),
+                         no_relevant_passage=True, generation=gen)

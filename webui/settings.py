@@ -10,7 +10,7 @@ parser when it is called.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -92,6 +92,8 @@ class Settings:
     no_relevant_passage: str = "answer"
     ocr: str = "auto"
     demo_dir: Path | None = None
+    #: Values of flags declared by a plug-in backend (``llm.backends``) that are not fields here.
+    backend_options: dict = field(default_factory=dict)
 
     @property
     def stream_interval(self) -> float:
@@ -134,19 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "cpu", action="store_true", help="run the model on CPU even when a GPU is present")
     _flag(g, "precision", default=d.precision, choices=["auto", "fp32", "fp16", "bf16"],
           help="weights' dtype; auto = bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU")
-    _flag(g, "batching", default=d.batching, choices=["auto", "on", "off"],
-          help="serve concurrent requests in shared forward passes (transformers' continuous batching); "
-          "auto = on with a GPU, off on CPU")
-    _flag(g, "kv-cache-memory", type=float, default=d.kv_cache_memory, metavar="FRACTION",
-          help="share (0-1] of the device's free memory the batched KV cache may use")
-    _flag(g, "max-batch-tokens", type=int, default=None, help="most tokens in one batched forward pass")
-    _flag(g, "compile", action="store_true",
-          help="static KV cache + torch.compile (GPU; with --batching, transformers' compiled paths)")
-    _flag(g, "llm-backend", default=d.llm_backend, choices=["transformers", "openai"],
-          help="'openai' sends generation to an OpenAI-compatible server (--llm-base-url)")
-    _flag(g, "llm-base-url", default=None, metavar="URL", help="with --llm-backend openai, e.g. http://host:8000/v1")
-    _flag(g, "llm-api-key", default=None, help="with --llm-backend openai (default $OPENAI_API_KEY)")
-    _flag(g, "llm-model", default=None, help="with --llm-backend openai: model id (default: the server's first)")
+    from llm.backends import backends
+
+    registered = backends()
+    _flag(g, "llm-backend", default=d.llm_backend, choices=list(registered),
+          help="where answers are generated: " + "; ".join(f"{b.name}: {b.summary}" for b in registered.values()))
+    for backend in registered.values():
+        for flag in backend.flags:
+            _flag(g, flag.name, **({"default": getattr(d, flag.dest, None)} | flag.kwargs))
     _flag(g, "no-template", action="store_true",
           help="send the raw prompt without the tokenizer's chat template")
     _flag(g, "model-type", default=None, choices=list(MODEL_TYPES),
@@ -239,8 +236,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
             range; the message names the flag and the allowed values.
     """
     parser = build_parser()
-    ns = parser.parse_args(argv)
-    settings = Settings(**vars(ns))
+    values = vars(parser.parse_args(argv))
+    known = {f.name for f in fields(Settings)}
+    extra = {name: values.pop(name) for name in list(values) if name not in known}  # a plug-in backend's flags
+    settings = Settings(**values, backend_options=extra)
     _check(parser, settings)
     return settings
 
@@ -279,10 +278,10 @@ def _check(parser: argparse.ArgumentParser, s: Settings) -> None:
         problems.append(f"--max-upload-mb must be >= 1, got {s.max_upload_mb}")
     if not s.max_request_mb > 0:
         problems.append(f"--max-request-mb must be > 0, got {s.max_request_mb}")
-    if not 0 < s.kv_cache_memory <= 1:
-        problems.append(f"--kv-cache-memory must be in (0, 1], got {s.kv_cache_memory}")
-    if s.llm_backend == "openai" and not s.llm_base_url:
-        problems.append("--llm-backend openai needs --llm-base-url (e.g. http://host:8000/v1)")
+    from llm.backends import get_backend
+
+    backend = get_backend(s.llm_backend)  # the choices came from the registry
+    problems += backend.check(s) if backend.check else []
     if s.api_only and s.no_api:
         problems.append("--api-only and --no-api exclude each other: pick one")
     if problems:

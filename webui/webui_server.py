@@ -20,39 +20,32 @@ log = logging.getLogger("webui")
 
 
 def load_model(settings):
-    """The chat model ``settings`` asks for: a remote OpenAI-compatible server
-    (``--llm-backend openai``), or a local transformers model, served with continuous
-    batching where ``--batching`` says so (auto: with a GPU).
+    """The chat model ``settings`` asks for, from the ``--llm-backend`` registry
+    (:mod:`llm.backends`: ``transformers`` -- a local model, continuously batched where
+    ``--batching`` says so -- or ``openai``, a remote OpenAI-compatible server).
 
     Raises:
         llm.base.ModelLoadError: the model or the remote server cannot be loaded or reached.
     """
-    from llm.loader import load_chat_model
+    from llm.backends import load_chat_model_for
 
-    if settings.llm_backend == "openai":
-        from llm.remote import OpenAIChatModel
+    return load_chat_model_for(settings)
 
-        return OpenAIChatModel(settings.llm_base_url, model=settings.llm_model,
-                               api_key=settings.llm_api_key or os.environ.get("OPENAI_API_KEY"))
-    model = load_chat_model(settings.model_path, cpu=settings.cpu, precision=settings.precision,
-                            use_template=not settings.no_template, model_type=settings.model_type,
-                            demo_dir=settings.demo_dir, lora_path=settings.lora_path)
-    batching = settings.batching == "on" or (settings.batching == "auto" and model.model.device.type == "cuda")
-    if not batching:
-        if settings.compile:
-            model.use_static_cache()
-        return model
-    from llm.batching import BatchedHFChatModel
 
-    try:
-        batched = BatchedHFChatModel.wrap(model, max_memory_percent=settings.kv_cache_memory,
-                                          max_batch_tokens=settings.max_batch_tokens,
-                                          compile_level=1 if settings.compile else 0)
-    except Exception:  # noqa: BLE001 - an unsupported model still serves, one request at a time
-        log.exception("continuous batching could not start; serving one request at a time")
-        return model
-    log.info("continuous batching on (KV cache up to %.0f%% of free memory)", 100 * settings.kv_cache_memory)
-    return batched
+def settle_hub(settings) -> str:
+    """Look in the local caches for the models start-up loads; when one is missing, probe
+    the hub once and work offline if it cannot be reached (:func:`llm.hub.settle_offline_mode`).
+    Returns that function's verdict."""
+    from llm.hub import settle_offline_mode
+    from llm.loader import DEFAULT_MODEL_PATH
+    from rag.embeddings import BUNDLED_ALIAS, BUNDLED_EMBEDDING_MODEL, DEFAULT_EMBEDDING_MODEL
+
+    needed = [settings.reranker_model]
+    if settings.llm_backend == "transformers" and not settings.lora_path:
+        needed.append(settings.model_path or DEFAULT_MODEL_PATH)
+    if settings.embedding_model not in (BUNDLED_ALIAS, BUNDLED_EMBEDDING_MODEL):
+        needed.append(settings.embedding_model or DEFAULT_EMBEDDING_MODEL)
+    return settle_offline_mode(needed)
 
 
 def load_service(settings):
@@ -73,6 +66,7 @@ def load_service(settings):
     from webui.services import ChatService
 
     check_backend(settings.embedding_backend)  # before minutes of loading the chat model
+    settle_hub(settings)
     rag.loaders.configure(ocr=settings.ocr)
     model = load_model(settings)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None,
@@ -110,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A self-hosted tool phones no one: Gradio's usage analytics stay off unless asked for.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "could not load AVX512" lines are noise
     try:
         service = load_service(settings)
     except (ModelLoadError, EmbeddingLoadError, EmbeddingMismatchError, VectorStoreMismatchError) as exc:
