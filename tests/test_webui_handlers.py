@@ -132,13 +132,29 @@ def test_rag_with_nothing_relevant_says_so(service, corpus):
     assert "No relevant passage" in steps[-1][3]
 
 
+def label_text(value, table=None):
+    """A config prop as the English page shows it (``gr.I18n`` keys resolved)."""
+    import json
+    import re
+
+    from webui.i18n import EN
+
+    if type(value).__name__ == "I18nData":
+        value = str(value)
+    if not isinstance(value, str):
+        return value
+    return re.sub(r'__i18n__(\{[^}]*\})', lambda m: (table or EN)[json.loads(m.group(1))["key"]], value)
+
+
 def test_page_builds_with_both_tabs_and_named_endpoints(service):
     page = build_blocks(service)
     config = page.get_config_file()
     props = [c.get("props", {}) for c in config["components"]]
-    labels = {p.get("label") for p in props if isinstance(p.get("label"), str)}
+    labels = {label_text(p.get("label")) for p in props if p.get("label") is not None}
     assert {"Chat", "LangChain"} <= labels
-    values = {p.get("value") for p in props if isinstance(p.get("value"), str)}
+    values = {label_text(p.get("value")) for p in props if p.get("value") is not None}
+    values = {v for v in values if isinstance(v, str)}
     assert {"Send", "Clear history", "Vectorstore knowledge"} <= values
     api_names = {d.get("api_name") for d in config["dependencies"]}
-    assert {"chat", "clear", "ingest", "rag_chat"} <= api_names
+    assert {"chat", "clear", "ingest", "rag_chat", "conversations_init"} <= api_names
+    assert "false" not in api_names, "private events are not offered as API endpoints"
