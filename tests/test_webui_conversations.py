@@ -193,3 +193,54 @@ def test_langchain_conversation_keeps_its_knowledge_base_and_sources(handlers, c
     assert "> How do I install DeepSpeed?" in text and "[1] README.md" in text
     data = json.load(open(handlers.conversations.export(me, cid, "json"), encoding="utf-8"))
     assert data["knowledge_base"] == "manuals" and data["rounds"][0]["answer"] == "Install it with pip ."
+
+
+# ------------------------------------------------------------------ through the real server
+
+
+def text_of(content) -> str:
+    """A Gradio 6 chatbot message's text (its content is a list of typed parts)."""
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content
+
+
+@pytest.mark.slow
+def test_a_conversation_survives_a_restart_and_a_kill_loses_only_the_answer_in_progress(server, tmp_path):
+    import time
+
+    from gradio_client import Client
+
+    def client(url):
+        return Client(url + "/", verbose=False, analytics_enabled=False, download_files=False)
+
+    me = new_owner_id()
+    srv = server()
+    srv.wait()
+    first = client(srv.url)
+    first.predict(me, api_name="/conversations_init")  # what the page does on load with the kept id
+    chatbot, _ = first.predict("hello, keep this", "sys", 8, 0.7, 20, 0.8, 5, api_name="/chat")
+    kept_answer = text_of(chatbot[-1]["content"])
+    # a long answer, killed (SIGKILL) while it streams
+    job = first.submit("now a long answer", "sys", 4000, 1.0, 0, 1.0, 5, api_name="/chat")
+    deadline = time.monotonic() + 120
+    while len(job.outputs()) < 3 and time.monotonic() < deadline and not job.done():
+        time.sleep(0.05)
+    assert not job.done(), "the long answer was still streaming when the server was killed"
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait()
+
+    again = server()
+    again.wait()
+    second = client(again.url)
+    second.predict(me, api_name="/conversations_init")
+    store = ConversationStore(tmp_path / "data" / "conversations.sqlite3")
+    [conversation] = store.list(me, "chat")
+    assert store.get(me, conversation.id).rounds == [["hello, keep this", kept_answer]]
+    shown = second.predict(conversation.id, api_name="/conversation_open_chat")
+    shown = shown[0] if isinstance(shown, tuple) else shown
+    assert [text_of(m["content"]) for m in shown] == ["hello, keep this", kept_answer]
+    stranger = client(again.url)
+    stranger.predict(new_owner_id(), api_name="/conversations_init")
+    with pytest.raises(Exception, match="does not exist|not in the list of choices"):
+        stranger.predict(conversation.id, api_name="/conversation_open_chat")
