@@ -218,7 +218,7 @@ def test_a_conversation_survives_a_restart_and_a_kill_loses_only_the_answer_in_p
     srv = server()
     srv.wait()
     first = client(srv.url)
-    first.predict(me, api_name="/conversations_init")  # what the page does on load with the kept id
+    first.predict(me, "auto", api_name="/conversations_init")  # what the page does on load with the kept id
     chatbot, _ = first.predict("hello, keep this", "sys", 8, 0.7, 20, 0.8, 5, api_name="/chat")
     kept_answer = text_of(chatbot[-1]["content"])
     # a long answer, killed (SIGKILL) while it streams
@@ -233,7 +233,7 @@ def test_a_conversation_survives_a_restart_and_a_kill_loses_only_the_answer_in_p
     again = server()
     again.wait()
     second = client(again.url)
-    second.predict(me, api_name="/conversations_init")
+    second.predict(me, "auto", api_name="/conversations_init")
     store = ConversationStore(tmp_path / "data" / "conversations.sqlite3")
     [conversation] = store.list(me, "chat")
     assert store.get(me, conversation.id).rounds == [["hello, keep this", kept_answer]]
@@ -241,6 +241,6 @@ def test_a_conversation_survives_a_restart_and_a_kill_loses_only_the_answer_in_p
     shown = shown[0] if isinstance(shown, tuple) else shown
     assert [text_of(m["content"]) for m in shown] == ["hello, keep this", kept_answer]
     stranger = client(again.url)
-    stranger.predict(new_owner_id(), api_name="/conversations_init")
+    stranger.predict(new_owner_id(), "auto", api_name="/conversations_init")
     with pytest.raises(Exception, match="does not exist|not in the list of choices"):
         stranger.predict(conversation.id, api_name="/conversation_open_chat")

@@ -109,3 +109,114 @@ def L(key: str) -> gr.i18n.I18nData:  # noqa: N802 - short, as gettext's _()
     """A static label: the key, translated by the browser (raises KeyError for an unknown key)."""
     EN[key]  # noqa: B018 - fail at build time on a typo, not in the browser
     return I18N(key)
+
+
+# ---- text the server writes (handlers' reports, status lines, warnings and errors)
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "en": {
+        "type_message": "Type a message first.",
+        "generation_failed": "Generation failed: {error}",
+        "type_question": "Type a question first.",
+        "kb_empty": "The knowledge base is empty: upload files and click 'Vectorstore knowledge' first.",
+        "llm_only": "LLM only: the knowledge base was not searched.",
+        "no_relevant": "**No relevant passage** in the knowledge base{limit}.",
+        "no_relevant_limit": " (least cosine similarity {threshold:g})",
+        "sources_heading": "**Sources**",
+        "page": ", page {page}",
+        "sources_title": "📚 Sources ({n})",
+        "status_new": "Knowledge base **{name}**: 0 file(s), 0 chunk(s) (created by the first upload).",
+        "status": ("Knowledge base **{name}**: {files} file(s), {chunks} chunk(s); embedding model `{model}`; "
+                   "retrieval `{mode}`, reranker `{reranker}`."),
+        "embedding_fallback": ("⚠️ The configured embedding model could not be loaded offline, so the bundled "
+                               "English all-MiniLM-L6-v2 is used: Chinese retrieval is weak. Pass `--embedding-model`."),
+        "no_files": "No file uploaded: choose {types} files first.",
+        "report_header": "| file | status | chunks added | reason |",
+        "added": "added", "skipped": "skipped", "refused": "refused",
+        "not_uploaded": "not a file uploaded through this page: upload it with the file picker",
+        "type_kb_name": "Type a name for the new knowledge base first.",
+        "kb_deleted": "Knowledge base {name} deleted.",
+        "pick_file": "Pick a file to delete first.",
+        "file_deleted": "Deleted **{file}** ({chunks} chunks).",
+        "progress_file": "File {i}/{n}: {name}",
+        "progress_chunks": "File {i}/{n}: {name} · chunks {done}/{total}",
+        "progress_ocr": "File {i}/{n}: {name} · OCR page {done}/{total}",
+        "upload_cancelled": "Upload cancelled: the file being embedded was not added.",
+        "conversation_gone": "This conversation does not exist (any more): pick another one.",
+        "open_first": "Open a conversation first (or ask a question to start one).",
+        "not_saved": "This answer could not be saved (see the server log).",
+        "title_empty": "The title is empty: type a new title.",
+        "query_retrieval+llm": "Retrieval + LLM", "query_llm": "LLM only", "query_retrieval": "Retrieval only",
+        "language": "Language / 语言",
+    },
+    "zh-CN": {
+        "type_message": "请先输入消息。",
+        "generation_failed": "生成失败：{error}",
+        "type_question": "请先输入问题。",
+        "kb_empty": "知识库为空：请先上传文件并点击“Vectorstore knowledge”。",
+        "llm_only": "仅 LLM：未检索知识库。",
+        "no_relevant": "知识库中**没有相关段落**{limit}。",
+        "no_relevant_limit": "（最低余弦相似度 {threshold:g}）",
+        "sources_heading": "**来源**",
+        "page": "，第 {page} 页",
+        "sources_title": "📚 来源（{n}）",
+        "status_new": "知识库 **{name}**：0 个文件，0 个文本块（首次上传时创建）。",
+        "status": ("知识库 **{name}**：{files} 个文件，{chunks} 个文本块；嵌入模型 `{model}`；"
+                   "检索 `{mode}`，重排序 `{reranker}`。"),
+        "embedding_fallback": ("⚠️ 配置的嵌入模型无法离线加载，已改用内置的英文模型 all-MiniLM-L6-v2："
+                               "中文检索效果较差。请指定 `--embedding-model`。"),
+        "no_files": "未上传文件：请先选择 {types} 文件。",
+        "report_header": "| 文件 | 状态 | 新增文本块 | 原因 |",
+        "added": "已添加", "skipped": "已跳过", "refused": "已拒绝",
+        "not_uploaded": "不是通过本页面上传的文件：请用文件选择器上传",
+        "type_kb_name": "请先输入新知识库的名称。",
+        "kb_deleted": "知识库 {name} 已删除。",
+        "pick_file": "请先选择要删除的文件。",
+        "file_deleted": "已删除 **{file}**（{chunks} 个文本块）。",
+        "progress_file": "文件 {i}/{n}：{name}",
+        "progress_chunks": "文件 {i}/{n}：{name} · 文本块 {done}/{total}",
+        "progress_ocr": "文件 {i}/{n}：{name} · OCR 第 {done}/{total} 页",
+        "upload_cancelled": "上传已取消：正在向量化的文件未被添加。",
+        "conversation_gone": "该对话不存在（或已删除）：请选择其他对话。",
+        "open_first": "请先打开一个对话（或提问以开始新对话）。",
+        "not_saved": "此回答未能保存（见服务器日志）。",
+        "title_empty": "标题为空：请输入新标题。",
+        "query_retrieval+llm": "检索 + LLM", "query_llm": "仅 LLM", "query_retrieval": "仅检索",
+        "language": "Language / 语言",
+    },
+}
+STATIC: dict[str, dict[str, str]] = {"en": EN, "zh-CN": ZH}
+
+
+def language(lang: str | None) -> str:
+    """``lang`` if it is one of :data:`LANGUAGES`, any other ``zh*`` -> zh-CN, else en."""
+    if lang in LANGUAGES:
+        return lang
+    return "zh-CN" if isinstance(lang, str) and lang.lower().startswith("zh") else "en"
+
+
+def t(lang: str | None, key: str, **values) -> str:
+    """Server text ``key`` in ``lang`` (see :func:`language`), formatted with ``values``.
+
+    Raises:
+        KeyError: an unknown key (both tables have the same keys; a test checks it).
+    """
+    return MESSAGES[language(lang)][key].format(**values)
+
+
+def page_language(choice: str | None, accept_language: str | None) -> str:
+    """The page's language: the user's switch (``en`` / ``zh-CN``), else the browser's first
+    ``Accept-Language`` tag (RFC 9110; ``zh*`` -> zh-CN, anything else -> en)."""
+    if choice in LANGUAGES:
+        return choice
+    first = (accept_language or "").split(",")[0].split(";")[0].strip()
+    return language(first)
+
+
+def render(text, lang: str) -> str:
+    """A static label (a ``gr.I18n`` key, or a string with keys inside) as plain text in ``lang``."""
+    import json
+    import re
+
+    table = STATIC[language(lang)]
+    return re.sub(r"__i18n__(\{[^}]*\})", lambda m: table[json.loads(m.group(1))["key"]], str(text))

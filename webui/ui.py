@@ -25,6 +25,7 @@ from rag.loaders import SUPPORTED_EXTENSIONS, upload_label
 from rag.types import Chunk, SearchResult
 
 from .conversations import ConversationStore
+from .i18n import t
 from .services import QUERY_MODES, ChatService
 from .ui_conversations import ConversationHandlers
 from .ui_knowledge import FILE_COLUMNS, KnowledgeHandlers, format_report  # noqa: F401 - format_report: re-exported
@@ -34,13 +35,7 @@ log = logging.getLogger(__name__)
 ChatMessages = list[dict[str, Any]]
 PairHistory = list[list[str]]
 
-DEMO_BANNER = (
-    "⚠️ **Demo model.** No `--model-path` was given and the default model could not be loaded "
-    "(not cached, no network), so a tiny random-weight model answers: its answers are meaningless. "
-    "Restart with `--model-path Qwen/Qwen2.5-7B-Instruct` (or a local model folder) for real answers."
-)
 SNIPPET_CHARS = 240
-QUERY_MODE_LABELS = {"retrieval+llm": "Retrieval + LLM", "llm": "LLM only", "retrieval": "Retrieval only"}
 
 
 def plain_markdown(text: str) -> str:
@@ -65,15 +60,15 @@ def format_scores(result: SearchResult) -> str:
     return f"score {result.score:.3f} ({result.retriever}{'; ' + others if others else ''})"
 
 
-def format_sources(sources: Sequence[SearchResult], score_threshold: float | None = None) -> str:
-    """Markdown list of the chunks an answer used: number (as in the prompt), file, page
-    (PDFs), scores, snippet; or a "no relevant passage" line."""
+def format_sources(sources: Sequence[SearchResult], score_threshold: float | None = None, lang: str = "en") -> str:
+    """Markdown list (in ``lang``) of the chunks an answer used: number (as in the prompt),
+    file, page (PDFs), scores, snippet; or a "no relevant passage" line."""
     if not sources:
-        limit = f" (least cosine similarity {score_threshold:g})" if score_threshold is not None else ""
-        return f"**No relevant passage** in the knowledge base{limit}."
-    lines = ["**Sources**", ""]
+        limit = t(lang, "no_relevant_limit", threshold=score_threshold) if score_threshold is not None else ""
+        return t(lang, "no_relevant", limit=limit)
+    lines = [t(lang, "sources_heading"), ""]
     for i, r in enumerate(sources, 1):
-        where = r.chunk.source + (f", page {r.chunk.page}" if r.chunk.page else "") + (
+        where = r.chunk.source + (t(lang, "page", page=r.chunk.page) if r.chunk.page else "") + (
             f", {r.chunk.metadata['location']}" if r.chunk.metadata.get("location") else "")
         snippet = " ".join(r.chunk.text.split())
         if len(snippet) > SNIPPET_CHARS:
@@ -106,14 +101,14 @@ class PageHandlers:
                                 top_k=int(top_k), top_p=float(top_p))
 
     def chat(self, message: str, history: PairHistory, system_prompt: str, max_new_tokens: float,
-             temperature: float, top_k: float, top_p: float, max_round: float, on_finished=None
-             ) -> Iterator[tuple[ChatMessages, PairHistory, str]]:
+             temperature: float, top_k: float, top_p: float, max_round: float, on_finished=None,
+             lang: str = "en") -> Iterator[tuple[ChatMessages, PairHistory, str]]:
         """Chat tab: stream the answer to ``message``; yields (chatbot, history, textbox).
         ``on_finished(question, answer, sources)`` runs when the answer is complete, before
         it is shown as done (the page keeps the round there)."""
         history = [list(h) for h in history or []]
         if not message or not message.strip():
-            gr.Warning("Type a message first.")
+            gr.Warning(t(lang, "type_message"))
             yield to_chat_messages(history), history, ""
             return
         params = self._params(max_new_tokens, temperature, top_k, top_p)
@@ -122,7 +117,7 @@ class PageHandlers:
                                               max_round=int(max_round))
         except ValueError as exc:  # e.g. the prompt does not fit in the model's context
             raise gr.Error(str(exc)) from None
-        yield from self._stream_into(message, history, pieces, display=to_chat_messages(history),
+        yield from self._stream_into(message, history, pieces, display=to_chat_messages(history), lang=lang,
                                      record=lambda text: self._finished(on_finished, message, text, [], (
                                          "page", message, text, history, system_prompt)))
 
@@ -134,7 +129,7 @@ class PageHandlers:
             on_finished(question, answer, sources)
 
     def _stream_into(self, message: str, history: PairHistory, pieces: Iterator[str],
-                     display: ChatMessages, extra: ChatMessages = (), record=None
+                     display: ChatMessages, extra: ChatMessages = (), record=None, lang: str = "en"
                      ) -> Iterator[tuple[ChatMessages, PairHistory, str]]:
         display = display + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         answer = ""
@@ -152,8 +147,8 @@ class PageHandlers:
                     yield display, history, ""
         except Exception as exc:  # noqa: BLE001 - the page must show the failure, not hang
             log.exception("generation failed")
-            display[-1]["content"] = answer + f"\n\n⚠️ Generation failed: {exc}"
-            gr.Warning(f"Generation failed: {exc}")
+            display[-1]["content"] = answer + "\n\n⚠️ " + t(lang, "generation_failed", error=exc)
+            gr.Warning(t(lang, "generation_failed", error=exc))
             yield display, history, message  # keep the question in the box to retry
             return
         if record is not None:  # export the finished round (--export-history-path) before showing it done
@@ -166,33 +161,34 @@ class PageHandlers:
         return [], [], ""
 
     def ingest(self, files: Sequence[str] | None, kb_name: str | None = None,
-               progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
+               progress: gr.Progress = gr.Progress(), lang: str = "en", upload_id: str | None = None
+               ) -> tuple[str, str]:
         """LangChain tab, **Vectorstore knowledge**: add the uploaded files to the session's
         knowledge base ``kb_name`` (None = the default), showing files and chunks done.
 
         Returns (per-file report as a Markdown table, knowledge-base status line).
         """
-        return self.knowledge.ingest(files, kb_name, progress)
+        return self.knowledge.ingest(files, kb_name, progress, lang=lang, upload_id=upload_id)
 
-    def kb_status(self, kb_name: str | None = None) -> str:
+    def kb_status(self, kb_name: str | None = None, lang: str = "en") -> str:
         """One line on the knowledge base: files, chunks, embedding model (and a fallback warning)."""
-        return self.knowledge.status(kb_name)
+        return self.knowledge.status(kb_name, lang)
 
     def rag_chat(self, question: str, history: PairHistory, top_k: float, score_threshold: float,
                  system_prompt: str, max_new_tokens: float, temperature: float, gen_top_k: float,
                  top_p: float, max_round: float, kb_name: str | None = None,
-                 query_mode: str = "retrieval+llm", retrieval_mode: str | None = None, on_finished=None
-                 ) -> Iterator[tuple[ChatMessages, PairHistory, str, str]]:
+                 query_mode: str = "retrieval+llm", retrieval_mode: str | None = None, on_finished=None,
+                 lang: str = "en") -> Iterator[tuple[ChatMessages, PairHistory, str, str]]:
         """LangChain tab: answer from the session's knowledge base ``kb_name`` in
         ``query_mode`` (retrieval + LLM, LLM only, retrieval only) with the
         ``retrieval_mode`` retriever; yields (chatbot, history, textbox, sources)."""
         history = [list(h) for h in history or []]
         if not question or not question.strip():
-            gr.Warning("Type a question first.")
+            gr.Warning(t(lang, "type_question"))
             yield to_chat_messages(history), history, "", ""
             return
         if query_mode != "llm" and len(self.knowledge.kb(kb_name)) == 0:
-            gr.Warning("The knowledge base is empty: upload files and click 'Vectorstore knowledge' first.")
+            gr.Warning(t(lang, "kb_empty"))
         try:
             answer = self.service.answer_from_knowledge(
                 question, history, top_k=int(top_k), score_threshold=float(score_threshold),
@@ -202,17 +198,17 @@ class PageHandlers:
         except ValueError as exc:  # e.g. the question and passages do not fit in the model's context
             raise gr.Error(str(exc)) from None
         if query_mode == "llm":
-            sources_md = "LLM only: the knowledge base was not searched."
+            sources_md = t(lang, "llm_only")
         else:
-            sources_md = format_sources(answer.sources, float(score_threshold))
+            sources_md = format_sources(answer.sources, float(score_threshold), lang)
         if query_mode == "retrieval":  # no generation: the ranked passages are the answer
             answer.pieces = iter([sources_md])
         folded = [] if query_mode != "retrieval+llm" else [
             {"role": "assistant", "content": sources_md,
-             "metadata": {"title": f"📚 Sources ({len(answer.sources)})", "status": "done"}}]
+             "metadata": {"title": t(lang, "sources_title", n=len(answer.sources)), "status": "done"}}]
         sources = [r.to_dict() for r in answer.sources]
         for chat, hist, box in self._stream_into(question, history, answer.pieces,
-                                                 display=to_chat_messages(history), extra=folded,
+                                                 display=to_chat_messages(history), extra=folded, lang=lang,
                                                  record=lambda text: self._finished(
                                                      on_finished, question, text, sources,
                                                      ("langchain", question, text, history, system_prompt),
@@ -223,37 +219,38 @@ class PageHandlers:
 
     def chat_kept(self, message: str, history: PairHistory, system_prompt: str, max_new_tokens: float,
                   temperature: float, top_k: float, top_p: float, max_round: float, owner: str | None,
-                  conversation_id: str | None) -> Iterator[tuple[ChatMessages, PairHistory, str, str | None]]:
+                  conversation_id: str | None, lang: str = "en"
+                  ) -> Iterator[tuple[ChatMessages, PairHistory, str, str | None]]:
         """:meth:`chat`, keeping each finished round in ``owner``'s conversation
         ``conversation_id`` (created by the first round); yields (chatbot, history, textbox, id)."""
         kept = {"id": conversation_id}
 
         def keep(question, answer, sources):
-            kept["id"] = self.conversations.keep(owner, kept["id"], "chat", question, answer, sources)
+            kept["id"] = self.conversations.keep(owner, kept["id"], "chat", question, answer, sources, lang=lang)
 
         for out in self.chat(message, history, system_prompt, max_new_tokens, temperature, top_k, top_p,
-                             max_round, on_finished=keep):
+                             max_round, on_finished=keep, lang=lang):
             yield (*out, kept["id"])
 
     def rag_chat_kept(self, question: str, history: PairHistory, top_k: float, score_threshold: float,
                       system_prompt: str, max_new_tokens: float, temperature: float, gen_top_k: float,
                       top_p: float, max_round: float, kb_name: str | None, query_mode: str,
-                      retrieval_mode: str | None, owner: str | None, conversation_id: str | None
-                      ) -> Iterator[tuple[ChatMessages, PairHistory, str, str, str | None]]:
+                      retrieval_mode: str | None, owner: str | None, conversation_id: str | None,
+                      lang: str = "en") -> Iterator[tuple[ChatMessages, PairHistory, str, str, str | None]]:
         """:meth:`rag_chat`, keeping each finished round with its sources and knowledge
         base; yields (chatbot, history, textbox, sources, id)."""
         kept = {"id": conversation_id}
 
         def keep(q, answer, sources):
             kept["id"] = self.conversations.keep(owner, kept["id"], "langchain", q, answer, sources,
-                                                 knowledge_base=kb_name or self.knowledge.default)
+                                                 knowledge_base=kb_name or self.knowledge.default, lang=lang)
 
         for out in self.rag_chat(question, history, top_k, score_threshold, system_prompt, max_new_tokens,
                                  temperature, gen_top_k, top_p, max_round, kb_name, query_mode, retrieval_mode,
-                                 on_finished=keep):
+                                 on_finished=keep, lang=lang):
             yield (*out, kept["id"])
 
-    def open_chat(self, owner: str | None, conversation_id: str | None
+    def open_chat(self, owner: str | None, conversation_id: str | None, lang: str = "en"
                   ) -> tuple[ChatMessages, PairHistory, str | None]:
         """Open a kept Chat-tab conversation: (chatbot, history, id).
 
@@ -262,10 +259,10 @@ class PageHandlers:
         """
         if not conversation_id:
             return [], [], None
-        conversation = self.conversations.open(owner, conversation_id)
+        conversation = self.conversations.open(owner, conversation_id, lang)
         return to_chat_messages(conversation.rounds), conversation.rounds, conversation.id
 
-    def open_rag(self, owner: str | None, conversation_id: str | None):
+    def open_rag(self, owner: str | None, conversation_id: str | None, lang: str = "en"):
         """Open a kept LangChain-tab conversation with its sources and knowledge base:
         (chatbot, history, sources of the last answer, id, knowledge-base picker, state,
         status, files table, file picker). A knowledge base deleted since is replaced by the default one.
@@ -274,24 +271,24 @@ class PageHandlers:
             gr.Error: not one of this browser's conversations.
         """
         if not conversation_id:
-            return [], [], "", None, gr.update(), *self.knowledge.select(None)
-        c = self.conversations.open(owner, conversation_id)
+            return [], [], "", None, gr.update(), *self.knowledge.select(None, lang)
+        c = self.conversations.open(owner, conversation_id, lang)
         display: ChatMessages = []
         last_md = ""
         for (q, a), sources in zip(c.rounds, c.sources):
             display += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
             if sources:
-                last_md = format_sources([result_from_dict(d) for d in sources])
+                last_md = format_sources([result_from_dict(d) for d in sources], lang=lang)
                 display.append({"role": "assistant", "content": last_md,
-                                "metadata": {"title": f"📚 Sources ({len(sources)})", "status": "done"}})
+                                "metadata": {"title": t(lang, "sources_title", n=len(sources)), "status": "done"}})
         kb = c.knowledge_base if c.knowledge_base in self.knowledge.names() else self.knowledge.default
         return (display, c.rounds, last_md, c.id, gr.update(choices=self.knowledge.names(), value=kb),
-                *self.knowledge.select(kb))
+                *self.knowledge.select(kb, lang))
 
 
     def regenerate_chat(self, history: PairHistory, system_prompt: str, max_new_tokens: float,
                         temperature: float, top_k: float, top_p: float, max_round: float, owner: str | None,
-                        conversation_id: str | None):
+                        conversation_id: str | None, lang: str = "en"):
         """Chat tab, **retry**: answer the last question again, replacing the kept answer;
         yields (chatbot, history, textbox, id)."""
         history = [list(x) for x in history or []]
@@ -308,7 +305,7 @@ class PageHandlers:
                     log.exception("could not keep the regenerated answer")
 
         for out in self.chat(question, earlier, system_prompt, max_new_tokens, temperature, top_k, top_p,
-                             max_round, on_finished=replace):
+                             max_round, on_finished=replace, lang=lang):
             yield (*out, conversation_id)
 
 

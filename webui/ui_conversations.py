@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import gradio as gr
 
+from .i18n import t
 from .conversations import ConversationNotFound, ConversationStore, new_owner_id, valid_id
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class ConversationHandlers:
         return gr.update(choices=entries, value=selected if selected in ids else None)
 
     def keep(self, owner: str | None, conversation_id: str | None, tab: str, question: str, answer: str,
-             sources: Sequence[dict] = (), knowledge_base: str | None = None) -> str | None:
+             sources: Sequence[dict] = (), knowledge_base: str | None = None, lang: str = "en") -> str | None:
         """Store a finished round (committed before it is shown as done); creates the
         conversation on its first round. Returns the conversation id (None: not kept,
         e.g. an API client without an owner). A failing store is logged, never raised."""
@@ -91,10 +92,10 @@ class ConversationHandlers:
                 self.store.add_round(owner, conversation_id, question, answer, sources, knowledge_base)
         except Exception:  # noqa: BLE001 - the chat goes on without being kept
             log.exception("could not keep the conversation round")
-            gr.Warning("This answer could not be saved (see the server log).")
+            gr.Warning(t(lang, "not_saved"))
         return conversation_id
 
-    def open(self, owner: str | None, conversation_id: str | None):
+    def open(self, owner: str | None, conversation_id: str | None, lang: str = "en"):
         """Open a conversation: (rounds, sources per round, knowledge base, id).
 
         Raises:
@@ -103,40 +104,40 @@ class ConversationHandlers:
         try:
             conversation = self.store.get(owner, conversation_id)
         except ConversationNotFound:
-            raise gr.Error("This conversation does not exist (any more): pick another one.") from None
+            raise gr.Error(t(lang, "conversation_gone")) from None
         return conversation
 
-    def rename(self, owner: str | None, conversation_id: str | None, title: str, tab: str):
+    def rename(self, owner: str | None, conversation_id: str | None, title: str, tab: str, lang: str = "en"):
         """Rename the open conversation: (list update, emptied title box).
 
         Raises:
             gr.Error: none open, an empty title, or it is gone.
         """
         if not conversation_id:
-            raise gr.Error("Open a conversation first (or ask a question to start one).")
+            raise gr.Error(t(lang, "open_first"))
         try:
             self.store.rename(owner, conversation_id, title or "")
-        except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+        except ValueError:
+            raise gr.Error(t(lang, "title_empty")) from None
         except ConversationNotFound:
-            raise gr.Error("This conversation does not exist (any more).") from None
+            raise gr.Error(t(lang, "conversation_gone")) from None
         return self.listing(owner, tab, conversation_id), ""
 
-    def delete(self, owner: str | None, conversation_id: str | None, tab: str) -> dict:
+    def delete(self, owner: str | None, conversation_id: str | None, tab: str, lang: str = "en") -> dict:
         """Delete the open conversation: the list update (the tab then shows a new conversation).
 
         Raises:
             gr.Error: none open, or it is gone.
         """
         if not conversation_id:
-            raise gr.Error("Open a conversation first.")
+            raise gr.Error(t(lang, "open_first"))
         try:
             self.store.delete(owner, conversation_id)
         except ConversationNotFound:
-            raise gr.Error("This conversation does not exist (any more).") from None
+            raise gr.Error(t(lang, "conversation_gone")) from None
         return self.listing(owner, tab)
 
-    def export(self, owner: str | None, conversation_id: str | None, fmt: str) -> str:
+    def export(self, owner: str | None, conversation_id: str | None, fmt: str, lang: str = "en") -> str:
         """Write the open conversation as Markdown or JSON to a file; returns its path (for download).
 
         Raises:
@@ -145,8 +146,8 @@ class ConversationHandlers:
         if fmt not in EXPORT_FORMATS:
             raise gr.Error(f"Unknown export format {fmt!r}: use markdown or json.")
         if not conversation_id:
-            raise gr.Error("Open a conversation first (or ask a question to start one).")
-        conversation = self.open(owner, conversation_id)
+            raise gr.Error(t(lang, "open_first"))
+        conversation = self.open(owner, conversation_id, lang)
         text = (conversation.to_markdown() if fmt == "markdown"
                 else json.dumps(conversation.to_dict(), ensure_ascii=False, indent=2))
         folder = self.export_dir / conversation.id
