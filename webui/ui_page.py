@@ -241,12 +241,12 @@ def build_blocks(service: ChatService) -> gr.Blocks:
 
         page.load(start, inputs=[owner_kept, lang_kept],
                   outputs=[owner_kept, owner, lang, lang_pick, chat_side[0], rag_side[0], kb_pick, *view,
-                           *language_outputs], api_name="conversations_init")
+                           *language_outputs], api_name="conversations_init", queue=False, show_progress="hidden")
 
         def switch(choice, kb_name, request: gr.Request):
             language = page_language(choice, request.headers.get("accept-language"))
             return (choice, language, k.status(kb_name, language), *in_language(language))
 
         lang_pick.input(switch, inputs=[lang_pick, kb_state], outputs=[lang_kept, lang, kb_status, *language_outputs],
-                        api_name="language", queue=False)
+                        api_name="language", queue=False, show_progress="hidden")
     return page
