@@ -88,3 +88,4 @@ def test_server_text_follows_the_language(service, tmp_path):
     with pytest.raises(gr.Error, match="该对话不存在"):
         h.open_chat(h.conversations.start(None), "no-such-conversation-id", "zh-CN")
     assert language("zh-HK") == "zh-CN" and language("de") == "en"
+

@@ -1,18 +1,18 @@
-"""The Gradio page: a **Chat** tab and a **LangChain** tab.
+"""The Gradio page's handlers: a **Chat** tab and a **LangChain** tab.
 
-All conversation state lives in per-session ``gr.State`` values (a list of
-``(user, assistant)`` pairs); the only shared objects are the model and the
-knowledge base inside :class:`~webui.services.ChatService`, captured by the
-handlers' closures.  The handlers are plain functions (see :class:`PageHandlers`)
-so tests can call them without a browser, and the page exposes them under the
-API names ``chat``, ``clear``, ``ingest`` and ``rag_chat`` (and ``kb_select``,
-``kb_create``, ``kb_delete``, ``kb_delete_file``) for gradio_client.
-The knowledge base a LangChain-tab session works on is that session's own
-``gr.State`` (a name); the knowledge-base controls are in :mod:`webui.ui_knowledge`.
+A session's conversation lives in its own ``gr.State`` values (a list of
+``(user, assistant)`` pairs); finished rounds are also kept, per browser, in the
+conversation store (:mod:`webui.conversations`, via :mod:`webui.ui_conversations`).
+The shared objects are the model and the knowledge bases inside
+:class:`~webui.services.ChatService`.  The handlers are plain functions (see
+:class:`PageHandlers`) so tests can call them without a browser; the layout is
+:mod:`webui.ui_page`, which exposes them under the API names ``chat``, ``clear``,
+``ingest`` and ``rag_chat`` (and ``kb_select``, ``kb_create``, ``kb_delete``,
+``kb_delete_file``, ``conversations_init``, ``conversation_open_chat`` ...) for gradio_client.
+Text the handlers write is in the page's language (``lang``, :func:`webui.i18n.t`).
 """
 from __future__ import annotations
 
-import html
 import logging
 import re
 import time
@@ -21,12 +21,11 @@ from typing import Any, Iterator, Sequence
 import gradio as gr
 
 from llm.base import GenerationParams
-from rag.loaders import SUPPORTED_EXTENSIONS, upload_label
 from rag.types import Chunk, SearchResult
 
 from .conversations import ConversationStore
 from .i18n import t
-from .services import QUERY_MODES, ChatService
+from .services import ChatService
 from .ui_conversations import ConversationHandlers
 from .ui_knowledge import FILE_COLUMNS, KnowledgeHandlers, format_report  # noqa: F401 - format_report: re-exported
 
