@@ -163,7 +163,9 @@ def test_page_has_the_knowledge_base_controls(handlers):
     config = build_blocks(handlers.service).get_config_file()
     api_names = {d.get("api_name") for d in config["dependencies"]}
     assert {"ingest", "rag_chat", "kb_select", "kb_create", "kb_delete", "kb_delete_file"} <= api_names
-    labels = {c.get("props", {}).get("label") for c in config["components"]}
+    from webui.i18n import render
+
+    labels = {render(c["props"]["label"], "en") for c in config["components"] if c.get("props", {}).get("label")}
     assert {"Knowledge base", "New knowledge base", "Query mode", "File"} <= labels
     states = [c for c in config["components"] if c.get("type") == "state"]
     assert len(states) >= 3, "chat history, RAG history and the session's knowledge-base name are gr.State"

@@ -132,13 +132,48 @@ def test_rag_with_nothing_relevant_says_so(service, corpus):
     assert "No relevant passage" in steps[-1][3]
 
 
+def label_text(value, table=None):
+    """A config prop as the English page shows it (``gr.I18n`` keys resolved)."""
+    import json
+    import re
+
+    from webui.i18n import EN
+
+    if type(value).__name__ == "I18nData":
+        value = str(value)
+    if not isinstance(value, str):
+        return value
+    return re.sub(r'__i18n__(\{[^}]*\})', lambda m: (table or EN)[json.loads(m.group(1))["key"]], value)
+
+
 def test_page_builds_with_both_tabs_and_named_endpoints(service):
     page = build_blocks(service)
     config = page.get_config_file()
     props = [c.get("props", {}) for c in config["components"]]
-    labels = {p.get("label") for p in props if isinstance(p.get("label"), str)}
+    labels = {label_text(p.get("label")) for p in props if p.get("label") is not None}
     assert {"Chat", "LangChain"} <= labels
-    values = {p.get("value") for p in props if isinstance(p.get("value"), str)}
+    values = {label_text(p.get("value")) for p in props if isinstance(p.get("value"), str)
+              or type(p.get("value")).__name__ == "I18nData"}
     assert {"Send", "Clear history", "Vectorstore knowledge"} <= values
     api_names = {d.get("api_name") for d in config["dependencies"]}
-    assert {"chat", "clear", "ingest", "rag_chat"} <= api_names
+    assert {"chat", "clear", "ingest", "rag_chat", "conversations_init"} <= api_names
+    assert "false" not in api_names, "private events are not offered as API endpoints"
+
+
+def test_a_cancelled_upload_leaves_the_base_as_it_was(service, corpus):
+    """Cancel upload while the second file embeds: the first file stays, the one being
+    embedded and the one after it are reported cancelled, nothing of them is stored."""
+    k = PageHandlers(service).knowledge
+    files = uploaded([corpus / "deepspeed" / "README.md", corpus / "docx" / "blk-paras-and-tables.docx",
+                      corpus / "pdf" / "pdflatex-4-pages.pdf"])
+
+    def progress(value, desc="", unit=""):
+        if unit == "chunks" and "2/3" in desc:
+            k.cancel("upload-1")
+
+    report, status = k.ingest(files, None, progress, lang="en", upload_id="upload-1")
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines()[2:]}
+    assert "added" in rows["README.md"]
+    assert "Upload cancelled" in rows["blk-paras-and-tables.docx"] and "Upload cancelled" in rows["pdflatex-4-pages.pdf"]
+    assert [f["name"] for f in k.kb(None).files()] == ["README.md"] and "1 file(s)" in status
+    assert k._cancel == {}, "the cancel flag is dropped with its upload"

@@ -21,6 +21,7 @@ from . import api_knowledge, api_openai, api_pai
 from .api_common import AdmissionGate, ApiError, WorkLimiter, error_response
 from .auth import TokenAuthMiddleware
 from .limits import BodyLimitMiddleware
+from .i18n import I18N
 from .services import ChatService
 from .ui import build_blocks
 
@@ -179,4 +180,4 @@ def create_app(service: ChatService) -> FastAPI:
     # mounted app must say it runs, or any server file could be fed to the page (issue 16).
     page.has_launched = True
     return gr.mount_gradio_app(app, page, path="/", css=PAGE_CSS, footer_links=["api", "settings"],
-                               max_file_size=f"{settings.max_upload_mb}mb")
+                               max_file_size=f"{settings.max_upload_mb}mb", i18n=I18N)

@@ -80,6 +80,8 @@ class Settings:
     export_interval: int = 3600
     knowledge_dir: Path = field(default_factory=lambda: DEFAULT_KNOWLEDGE_DIR)
     knowledge_base: str = "default"
+    #: the page's kept conversations (conversations.sqlite3); None = ``data`` beside ``knowledge_dir``
+    data_dir: Path | None = None
     embedding_model: str | None = None
     embedding_backend: str = "torch"
     chunk_size: int | None = None
@@ -94,6 +96,11 @@ class Settings:
     demo_dir: Path | None = None
     #: Values of flags declared by a plug-in backend (``llm.backends``) that are not fields here.
     backend_options: dict = field(default_factory=dict)
+
+    @property
+    def data_folder(self) -> Path:
+        """Where the page keeps its data (conversations): ``data_dir``, else ``<knowledge_dir>/../data``."""
+        return self.data_dir if self.data_dir is not None else self.knowledge_dir.parent / "data"
 
     @property
     def stream_interval(self) -> float:
@@ -219,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
           "(the first token at once), and the page updates an answer at most that often; 0 sends every "
           "token as its own event. Fewer, larger events leave more CPU to generation (docs/benchmarks.md, "
           "'Serving')")
+    _flag(g, "data-dir", type=Path, default=None, metavar="DIR",
+          help="folder of the page's kept conversations (one SQLite file); default: data/ beside --knowledge-dir")
     _flag(g, "log-level", default=d.log_level, type=str.upper,
           choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     _flag(g, "export-history-path", default=None, metavar="DIR",

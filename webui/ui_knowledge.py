@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +22,7 @@ from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase
 from rag.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseCorruptError, VectorStoreMismatchError
 from rag.types import FileReport
 
+from .i18n import t
 from .services import ChatService
 
 log = logging.getLogger(__name__)
@@ -56,16 +58,21 @@ def human_size(n_bytes: int) -> str:
     return f"{size:.1f} GB"  # pragma: no cover
 
 
-def format_report(reports: Sequence[FileReport]) -> str:
-    """Markdown table of an upload batch: one row per file with status, chunks and reason
-    ("skipped" = same name and content as a stored file; "added" replaces a changed one)."""
+class UploadCancelled(Exception):
+    """Raised from the progress callbacks when the page's **Cancel upload** was clicked."""
+
+
+def format_report(reports: Sequence[FileReport], lang: str = "en") -> str:
+    """Markdown table of an upload batch in ``lang``: one row per file with status, chunks
+    and reason ("skipped" = same name and content as a stored file; "added" replaces a changed one)."""
     if not reports:
-        return f"No file uploaded: choose {describe_types()} files first."
+        return t(lang, "no_files", types=describe_types())
     icon = {"added": "✅", "skipped": "⏭️", "refused": "❌"}
-    rows = ["| file | status | chunks added | reason |", "|---|---|---|---|"]
+    rows = [t(lang, "report_header"), "|---|---|---|---|"]
     for r in reports:
         cell = lambda s: html.escape(str(s or "")).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        rows.append(f"| {cell(r.name)} | {icon.get(r.status, '')} {r.status} | {r.chunks} | {cell(r.reason)} |")
+        status = t(lang, r.status) if r.status in icon else r.status
+        rows.append(f"| {cell(r.name)} | {icon.get(r.status, '')} {status} | {r.chunks} | {cell(r.reason)} |")
     return "\n".join(rows)
 
 
@@ -75,6 +82,7 @@ class KnowledgeHandlers:
 
     def __init__(self, service: ChatService):
         self.service = service
+        self._cancel: dict[str, threading.Event] = {}  # upload id (the page session) -> cancel flag
 
     @property
     def default(self) -> str:
@@ -98,24 +106,23 @@ class KnowledgeHandlers:
         except KB_ERRORS as exc:
             raise gr.Error(str(exc)) from None
 
-    def status(self, name: str | None = None) -> str:
+    def status(self, name: str | None = None, lang: str = "en") -> str:
         """One line on the knowledge base: files, chunks, embedding model, retrieval
         (and a fallback warning); a problem opening it is shown instead of raised."""
         name = name or self.default
         if name == self.default and not self.service.knowledge_bases.exists(name):
             # not created just to be shown: a deleted default base stays deleted until used
-            return f"Knowledge base **{html.escape(name)}**: 0 file(s), 0 chunk(s) (created by the first upload)."
+            return t(lang, "status_new", name=html.escape(name))
         try:
             kb = self.kb(name)
         except gr.Error as exc:
             return f"⚠️ {html.escape(str(exc))}"
         s = self.service.settings
         reranker = self.service.reranker.name if self.service.reranker is not None else "off"
-        line = (f"Knowledge base **{html.escape(kb.directory.name)}**: {len(kb.files())} file(s), {len(kb)} chunk(s); "
-                f"embedding model `{kb.embedding_model}`; retrieval `{s.retrieval_mode}`, reranker `{reranker}`.")
+        line = t(lang, "status", name=html.escape(kb.directory.name), files=len(kb.files()), chunks=len(kb),
+                 model=kb.embedding_model, mode=s.retrieval_mode, reranker=reranker)
         if self.service.embedding_fallback:
-            line += (f"  \n⚠️ The default embedding model could not be loaded offline, so `{kb.embedding_model}`, "
-                     "which ships inside a package, is used instead. Pass `--embedding-model` to choose another.")
+            line += "  \n" + t(lang, "embedding_fallback", model=kb.embedding_model)
         return line
 
     def files_table(self, name: str | None = None) -> list[list[Any]]:
@@ -134,14 +141,15 @@ class KnowledgeHandlers:
         """Update for the file picker: the files of ``name``, none picked."""
         return gr.update(choices=[row[0] for row in self.files_table(name)], value=None)
 
-    def _view(self, name: str) -> tuple[str, str, list[list[Any]], dict]:
-        return name, self.status(name), self.files_table(name), self.file_choices(name)
+    def _view(self, name: str, lang: str = "en") -> tuple[str, str, list[list[Any]], dict]:
+        return name, self.status(name, lang), self.files_table(name), self.file_choices(name)
 
-    def select(self, name: str | None) -> tuple[str, str, list[list[Any]], dict]:
+    def select(self, name: str | None, lang: str = "en") -> tuple[str, str, list[list[Any]], dict]:
         """Pick a knowledge base: (session state, status, files table, file picker)."""
-        return self._view(name or self.default)
+        return self._view(name or self.default, lang)
 
-    def create(self, new_name: str, current: str | None) -> tuple[dict, str, str, list[list[Any]], dict, str]:
+    def create(self, new_name: str, current: str | None, lang: str = "en"
+               ) -> tuple[dict, str, str, list[list[Any]], dict, str]:
         """Create (or just switch to) ``new_name``: (knowledge-base picker, state, status,
         files table, file picker, cleared name box).
 
@@ -150,12 +158,12 @@ class KnowledgeHandlers:
         """
         name = (new_name or "").strip()
         if not name:
-            raise gr.Error("Type a name for the new knowledge base first.")
+            raise gr.Error(t(lang, "type_kb_name"))
         self.kb(name, create=True)
         log.info("knowledge base %s created or selected from the page", name)
-        return (gr.update(choices=self.names(), value=name), *self._view(name), "")
+        return (gr.update(choices=self.names(), value=name), *self._view(name, lang), "")
 
-    def delete(self, name: str | None) -> tuple[dict, str, str, list[list[Any]], dict]:
+    def delete(self, name: str | None, lang: str = "en") -> tuple[dict, str, str, list[list[Any]], dict]:
         """Delete knowledge base ``name`` with all its files, then switch to the default one:
         (picker, state, status, files table, file picker).
 
@@ -167,58 +175,90 @@ class KnowledgeHandlers:
             self.service.knowledge_bases.delete(name)
         except KB_ERRORS as exc:
             raise gr.Error(str(exc)) from None
-        gr.Info(f"Knowledge base {name} deleted.")
-        return (gr.update(choices=self.names(), value=self.default), *self._view(self.default))
+        gr.Info(t(lang, "kb_deleted", name=name))
+        return (gr.update(choices=self.names(), value=self.default), *self._view(self.default, lang))
 
-    def delete_file(self, name: str | None, file: str | None) -> tuple[str, str, list[list[Any]], dict]:
+    def delete_file(self, name: str | None, file: str | None, lang: str = "en"
+                    ) -> tuple[str, str, list[list[Any]], dict]:
         """Delete one file and its chunks: (message, status, files table, file picker).
 
         Raises:
             gr.Error: no file picked, or it is not in the knowledge base.
         """
         if not file:
-            raise gr.Error("Pick a file to delete first.")
+            raise gr.Error(t(lang, "pick_file"))
         kb = self.kb(name)
         try:
             removed = kb.delete_file(file)
         except KeyError as exc:
             raise gr.Error(str(exc.args[0])) from None
-        message = f"Deleted **{html.escape(file)}** ({removed} chunks)."
-        return message, self.status(name), self.files_table(name), self.file_choices(name)
+        message = t(lang, "file_deleted", file=html.escape(file), chunks=removed)
+        return message, self.status(name, lang), self.files_table(name), self.file_choices(name)
+
+    def cancel(self, upload_id: str | None) -> None:
+        """**Cancel upload**: the upload ``upload_id`` stops at its next progress step; the
+        file being embedded is not added (the knowledge base stays as it was before it)."""
+        flag = self._cancel.get(upload_id or "")
+        if flag is not None:
+            flag.set()
 
     def ingest(self, files: Sequence[Any] | None, name: str | None = None,
-               progress: gr.Progress | None = None) -> tuple[str, str]:
-        """Add uploaded files to knowledge base ``name``, reporting progress (files and
-        chunks) to ``progress`` while it runs: (per-file report table, status line)."""
+               progress: gr.Progress | None = None, lang: str = "en",
+               upload_id: str | None = None) -> tuple[str, str]:
+        """Add uploaded files to knowledge base ``name``, reporting progress (files, pages
+        read by OCR, chunks embedded) to ``progress`` while it runs: (per-file report table,
+        status line). Files go one at a time, each committed before the next; a
+        :meth:`cancel` of ``upload_id`` stops between embedding batches, reporting the
+        file being embedded and those after it as cancelled."""
         given = [Path(f if isinstance(f, str) else f.name) for f in files or []]
         paths = [p for p in given if received_by_gradio(p)]
-        refused = [FileReport(p.name, "refused", reason="not a file uploaded through this page: "
-                              "upload it with the file picker") for p in given if not received_by_gradio(p)]
+        refused = [FileReport(p.name, "refused", reason=t(lang, "not_uploaded"))
+                   for p in given if not received_by_gradio(p)]
         for report in refused:
             log.warning("ingest refused a path outside Gradio's upload folder: %s", report.name)
         if not paths:
-            return format_report(refused), self.status(name)
+            return format_report(refused, lang), self.status(name, lang)
         kb = self.kb(name, create=True)
+        flag = threading.Event()
+        if upload_id:
+            self._cancel[upload_id] = flag
         position = {"file": 0, "n": len(paths)}
 
-        def on_file(file_name: str, i: int, n: int) -> None:
-            position["file"] = i
-            if progress is not None:
-                progress((i, n), desc=f"File {i + 1}/{n}: {file_name}", unit="files")
+        def step(key: str, file_name: str, done: int = 0, total: int = 0) -> str:
+            if flag.is_set():
+                raise UploadCancelled(file_name)
+            return t(lang, key, i=position["file"] + 1, n=position["n"], name=file_name, done=done, total=total)
 
         def on_chunks(file_name: str, done: int, total: int) -> None:
+            desc = step("progress_chunks", file_name, done, total)
             if progress is not None:
-                progress((done, total), unit="chunks",
-                         desc=f"File {position['file'] + 1}/{position['n']}: {file_name} · chunks {done}/{total}")
+                progress((done, total), unit="chunks", desc=desc)
 
         def on_ocr(file_name: str, done: int, total: int) -> None:
+            desc = step("progress_ocr", file_name, done, total)
             if progress is not None:
-                progress((done, total), unit="pages",
-                         desc=f"File {position['file'] + 1}/{position['n']}: {file_name} · OCR page {done}/{total}")
+                progress((done, total), unit="pages", desc=desc)
 
-        with ocr_progress(on_ocr):
-            reports = refused + kb.add_files(paths, names=[p.name for p in paths], progress=on_file,
-                                             on_chunks=on_chunks)
-        log.info("ingested %d file(s) into %s, %d chunk(s) added", len(reports), kb.directory.name,
-                 sum(r.chunks for r in reports))
-        return format_report(reports), self.status(name)
+        reports = list(refused)
+        try:
+            with ocr_progress(on_ocr):
+                for i, path in enumerate(paths):
+                    position["file"] = i
+                    if flag.is_set():
+                        reports.append(FileReport(path.name, "refused", reason=t(lang, "upload_cancelled")))
+                        continue
+                    if progress is not None:
+                        progress((i, len(paths)), unit="files",
+                                 desc=t(lang, "progress_file", i=i + 1, n=len(paths), name=path.name))
+                    [report] = kb.add_files([path], names=[path.name], on_chunks=on_chunks)
+                    if flag.is_set() and report.status == "refused":  # stopped by the cancel, not a bad file
+                        report = FileReport(path.name, "refused", reason=t(lang, "upload_cancelled"))
+                    reports.append(report)
+        except UploadCancelled:  # between two files: the ones left are reported above
+            pass
+        finally:
+            if upload_id and self._cancel.get(upload_id) is flag:
+                del self._cancel[upload_id]
+        log.info("ingested %d file(s) into %s, %d chunk(s) added%s", len(reports), kb.directory.name,
+                 sum(r.chunks for r in reports), " (cancelled)" if flag.is_set() else "")
+        return format_report(reports, lang), self.status(name, lang)
