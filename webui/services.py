@@ -192,6 +192,9 @@ class ChatService:
         * ``"llm"``: the model answers alone; no retrieval.
         * ``"retrieval"``: the ranked chunks only; no generation (``pieces`` is empty).
 
+        Passages that do not fit the model's context with the question are dropped, the
+        lowest-ranked first (at least one is kept; ``sources`` lists those used).
+
         ``history`` holds the earlier questions and answers as the user saw them
         (without injected passages), so earlier retrievals do not crowd the context.
 
@@ -221,7 +224,16 @@ class ChatService:
             return RagAnswer(sources=sources, pieces=iter(()), query_mode="retrieval",
                              no_relevant_passage=not sources)
         if sources:
-            gen = self.stream_chat(build_rag_prompt(question, sources), history, **generate)
+            while True:  # the passages the model's context holds, best first: drop the last until they fit
+                try:
+                    gen = self.stream_chat(build_rag_prompt(question, sources), history, **generate)
+                    break
+                except PromptTooLongError:
+                    if len(sources) == 1:
+                        raise
+                    log.info("the prompt with %d passages does not fit the context of %r: using %d",
+                             len(sources), self.model.name, len(sources) - 1)
+                    sources = sources[:-1]
             return RagAnswer(sources=sources, pieces=gen, generation=gen)
         if action == "refuse":
             return RagAnswer(sources=[], pieces=iter([no_passage_refusal(question, threshold)]),
