@@ -74,7 +74,7 @@ def ours_ingest(files: list[Path], embedder, workdir: Path) -> dict[str, Any]:
 
     folder = Path(tempfile.mkdtemp(dir=workdir))
     start = time.perf_counter()
-    kb = KnowledgeBase.open(folder, embedder, chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP)
+    kb = KnowledgeBase.open(folder, embedder, chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP, chunk_unit="chars")
     reports = kb.add_files(files)
     seconds = time.perf_counter() - start
     if not any(r.status == "added" for r in reports):
@@ -83,7 +83,7 @@ def ours_ingest(files: list[Path], embedder, workdir: Path) -> dict[str, Any]:
     again = kb.add_files(files)
     reingest = time.perf_counter() - start
     start = time.perf_counter()
-    reopened = KnowledgeBase.open(folder, embedder, chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP)
+    reopened = KnowledgeBase.open(folder, embedder, chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP, chunk_unit="chars")
     after_restart = reopened.add_files(files)
     reingest_reopened = time.perf_counter() - start
     return {"seconds": seconds, "chunks": len(kb), "files_refused": sum(r.status == "refused" for r in reports),

@@ -224,7 +224,7 @@ def measure_kb(texts: list[str], embedder, queries: list[str], workdir: Path, wa
         path.write_text("\n\n".join(texts[start:start + per_file]), encoding="utf-8")
         files.append(path)
     start = time.perf_counter()
-    kb = KnowledgeBase.open(folder / "kb", embedder)
+    kb = KnowledgeBase.open(folder / "kb", embedder, chunk_size=500, chunk_overlap=50, chunk_unit="chars")  # one paragraph a chunk
     reports = kb.add_files(files, commit_every=len(files))
     ingest = time.perf_counter() - start
     bad = [r.reason for r in reports if r.status != "added"]
