@@ -13,6 +13,8 @@ Text the handlers write is in the page's language (``lang``, :func:`webui.i18n.t
 """
 from __future__ import annotations
 
+from contextlib import closing
+
 import logging
 import re
 import time
@@ -150,6 +152,10 @@ class PageHandlers:
             gr.Warning(t(lang, "generation_failed", error=exc))
             yield display, history, message  # keep the question in the box to retry
             return
+        finally:  # the page went away (Gradio closes this generator): stop the model now, not at GC
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
         if record is not None:  # export the finished round (--export-history-path) before showing it done
             record(answer)
         history = history + [[message, answer]]
@@ -227,9 +233,10 @@ class PageHandlers:
         def keep(question, answer, sources):
             kept["id"] = self.conversations.keep(owner, kept["id"], "chat", question, answer, sources, lang=lang)
 
-        for out in self.chat(message, history, system_prompt, max_new_tokens, temperature, top_k, top_p,
-                             max_round, on_finished=keep, lang=lang):
-            yield (*out, kept["id"])
+        with closing(self.chat(message, history, system_prompt, max_new_tokens, temperature, top_k, top_p,
+                               max_round, on_finished=keep, lang=lang)) as steps:
+            for out in steps:
+                yield (*out, kept["id"])
 
     def rag_chat_kept(self, question: str, history: PairHistory, top_k: float, score_threshold: float,
                       system_prompt: str, max_new_tokens: float, temperature: float, gen_top_k: float,
@@ -244,10 +251,11 @@ class PageHandlers:
             kept["id"] = self.conversations.keep(owner, kept["id"], "langchain", q, answer, sources,
                                                  knowledge_base=kb_name or self.knowledge.default, lang=lang)
 
-        for out in self.rag_chat(question, history, top_k, score_threshold, system_prompt, max_new_tokens,
-                                 temperature, gen_top_k, top_p, max_round, kb_name, query_mode, retrieval_mode,
-                                 on_finished=keep, lang=lang):
-            yield (*out, kept["id"])
+        with closing(self.rag_chat(question, history, top_k, score_threshold, system_prompt, max_new_tokens,
+                                   temperature, gen_top_k, top_p, max_round, kb_name, query_mode, retrieval_mode,
+                                   on_finished=keep, lang=lang)) as steps:
+            for out in steps:
+                yield (*out, kept["id"])
 
     def open_chat(self, owner: str | None, conversation_id: str | None, lang: str = "en"
                   ) -> tuple[ChatMessages, PairHistory, str | None]:
