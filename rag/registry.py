@@ -180,19 +180,31 @@ class KnowledgeBaseRegistry:
             if kb is not None:
                 kb.close()  # a running upload stops at its next file or batch; it never commits again
                 kb.drop_store()
-            elif self.vector_store != "faiss":
-                try:
-                    self._store_factory(name)(self.embedder.dim).drop()
-                except ValueError:  # a collection of another dimension: drop it all the same
-                    from pymilvus import MilvusClient
-
-                    from .stores.milvus import collection_name
-                    MilvusClient(self.milvus_uri).drop_collection(collection_name("kb", name))
-            trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
-            with folder_lock(self.root / name):  # not while another process writes it
-                (self.root / name).rename(trash)
+            elif self.vector_store != "faiss":  # not opened by this process: its collection all the same
+                self._drop_collection(name)
+            trash = self._move_to_trash(name)
         shutil.rmtree(trash, ignore_errors=True)
         logger.info("deleted knowledge base %s", name)
+
+    def _move_to_trash(self, name: str) -> Path:
+        """Rename the folder of ``name`` out of the way (atomic; under the registry's lock and
+        the folder's, so not while another process writes it): the folder to remove."""
+        trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
+        with folder_lock(self.root / name):
+            (self.root / name).rename(trash)
+        return trash
+
+    def _drop_collection(self, name: str) -> None:
+        """Drop the Milvus collection of ``name`` if there is one (whatever its dimension)."""
+        from pymilvus import MilvusClient
+
+        from .stores.milvus import collection_name
+
+        client = self._milvus_client or MilvusClient(self.milvus_uri, **(
+            {"token": self.milvus_token} if self.milvus_token else {}))
+        self._milvus_client = client
+        if client.has_collection(collection_name("kb", name)):
+            client.drop_collection(collection_name("kb", name))
 
     def discard_if_empty(self, name: str) -> bool:
         """Remove knowledge base ``name`` if it holds no file and nobody is writing it (an
@@ -208,9 +220,7 @@ class KnowledgeBaseRegistry:
                 kb._closed = True
                 kb.drop_store()
                 self._open.pop(name, None)
-                trash = self.root / f".deleted-{name}-{uuid.uuid4().hex[:8]}"
-                with folder_lock(self.root / name):
-                    (self.root / name).rename(trash)
+                trash = self._move_to_trash(name)
             finally:
                 kb._write_lock.release()
         shutil.rmtree(trash, ignore_errors=True)
