@@ -55,6 +55,15 @@ def _STOP_SCHEMA(schema: dict) -> None:
     schema.setdefault("anyOf", []).append({"type": "string"})
 
 
+def _BOOL_OR_STRING(schema: dict) -> None:
+    """JSON schema of a flag: PAI-EAS clients also send booleans as strings ("True", "0") or as
+    0/1, and null for "not given"."""
+    options = [o for o in (schema.pop("anyOf", None) or [{"type": schema.pop("type", "boolean")}])
+               if o.get("type") != "null"]
+    schema["anyOf"] = options + [{"type": "string", "description": "true/false, 1/0, yes/no"},
+                                 {"type": "number", "enum": [0, 1]}, {"type": "null"}]
+
+
 class PaiChatRequest(BaseModel):
     """One ChatLLM request (``POST /`` body, or one WebSocket message).
 
@@ -75,10 +84,11 @@ class PaiChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    do_sample: bool | None = None
-    use_cache: bool | None = Field(None, description="accepted for compatibility; the KV cache is always used")
-    use_stream_chat: bool = False
-    langchain: bool = False
+    do_sample: bool | None = Field(None, json_schema_extra=_BOOL_OR_STRING)
+    use_cache: bool | None = Field(None, description="accepted for compatibility; the KV cache is always used",
+                                   json_schema_extra=_BOOL_OR_STRING)
+    use_stream_chat: bool = Field(False, json_schema_extra=_BOOL_OR_STRING)
+    langchain: bool = Field(False, json_schema_extra=_BOOL_OR_STRING)
     stop: list[str] | None = Field(None, description="strings that end the answer (one string is taken as [it])",
                                    json_schema_extra=_STOP_SCHEMA)
     knowledge_base: str | None = Field(None, description="knowledge base for langchain mode")
