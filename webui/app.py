@@ -20,10 +20,12 @@ from starlette.routing import Match, Mount
 from . import api_knowledge, api_openai, api_pai
 from .api_common import AdmissionGate, ApiError, WorkLimiter, error_response
 from .auth import TokenAuthMiddleware
+from .signin import Accounts, AccountsMiddleware, api_route_matcher, install_signin_routes
 from .limits import BodyLimitMiddleware
 from .i18n import I18N
 from .services import ChatService
 from .ui import build_blocks
+from .ui_conversations import browser_state_secret
 
 PAGE_CSS = "#demo-banner { background: #fff3cd; border: 1px solid #f0c36d; padding: 0.5em 1em; border-radius: 6px; }"
 
@@ -117,7 +119,9 @@ def _answer_unknown_api_paths(app: FastAPI) -> None:
 
 def create_app(service: ChatService) -> FastAPI:
     """Build the app: the API (unless ``--no-api``), the page (unless ``--api-only``),
-    ``GET /health``, and the access-token check when a token is configured.
+    ``GET /health``, the access-token check when a token is configured, and with
+    ``--auth-file`` the sign-in (:mod:`webui.signin`: the page needs a signed-in user, API
+    routes the token or a signed-in user).
 
     Args:
         service: the loaded model and knowledge bases, with the server settings.
@@ -143,6 +147,11 @@ def create_app(service: ChatService) -> FastAPI:
     # searches and uploads: two at once (the CPU left to generation), the rest wait their turn
     app.state.retrieval = WorkLimiter(running=2, waiting=settings.max_queue)
     _install_error_handlers(app)
+    accounts = None
+    if settings.auth_file is not None:  # before the page is mounted at "/", which would take these paths
+        accounts = Accounts(settings.auth_file, browser_state_secret(settings.data_folder, "signin-secret"))
+        app.state.accounts = accounts
+        install_signin_routes(app, accounts)
 
     @app.get("/health", tags=["server"])
     def health() -> dict:
@@ -168,7 +177,11 @@ def create_app(service: ChatService) -> FastAPI:
     # No cross-origin reads: with a CORSMiddleware of ours, Gradio leaves CORS to it (its own
     # would give any http://localhost:* page credentialed access to a server on localhost).
     app.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
-    if settings.api_token:  # added last, so it runs first: no body is read for a client without the token
+    # added last, so it runs first: no body is read for a client without the token or a sign-in
+    if accounts is not None:
+        app.add_middleware(AccountsMiddleware, accounts=accounts, is_api=api_route_matcher(app.router),
+                           token=settings.api_token)
+    elif settings.api_token:
         app.add_middleware(TokenAuthMiddleware, token=settings.api_token)
     if settings.api_only:
         return app
@@ -180,4 +193,5 @@ def create_app(service: ChatService) -> FastAPI:
     # mounted app must say it runs, or any server file could be fed to the page (issue 16).
     page.has_launched = True
     return gr.mount_gradio_app(app, page, path="/", css=PAGE_CSS, footer_links=["api", "settings"],
-                               max_file_size=f"{settings.max_upload_mb}mb", i18n=I18N)
+                               max_file_size=f"{settings.max_upload_mb}mb", i18n=I18N,
+                               auth_dependency=accounts.user_of if accounts is not None else None)

@@ -1,9 +1,11 @@
 """Conversations that are kept: one SQLite file (``<data dir>/conversations.sqlite3``).
 
 Without accounts, each browser is an *owner*: a random id (:func:`new_owner_id`, 192
-bits) the page keeps in the browser's ``gr.BrowserState``.  Every query names its
-owner, and conversation ids are random too (128 bits), so no browser reads another's
-conversations, even by guessing an id: a foreign id answers exactly like a missing one.
+bits) the page keeps in the browser's ``gr.BrowserState``.  With accounts
+(``--auth-file``), the owner is the signed-in user, ``user:<name>`` (:func:`user_owner`),
+which no browser id can be.  Every query names its owner, and conversation ids are
+random too (128 bits), so no owner reads another's conversations, even by guessing an
+id: a foreign id answers exactly like a missing one.
 
 The file is in WAL mode with ``synchronous=FULL`` and every finished round is one
 committed transaction, so a killed server (``kill -9``) loses at most the answer being
@@ -25,6 +27,8 @@ from typing import Any, Sequence
 
 #: ``owner`` / conversation ids are URL-safe base64 tokens (secrets.token_urlsafe).
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+#: A signed-in user's owner id: this prefix and the user name (:data:`webui.accounts.NAME_PATTERN`).
+USER_OWNER_PREFIX = "user:"
 TITLE_CHARS = 60  # a title longer than this (from the first question) is cut, with "…"
 TABS = ("chat", "langchain")
 
@@ -65,6 +69,27 @@ def new_owner_id() -> str:
 def valid_id(value: Any) -> bool:
     """Whether ``value`` looks like an owner or conversation id (see :data:`ID_PATTERN`)."""
     return isinstance(value, str) and bool(ID_PATTERN.match(value))
+
+
+def user_owner(name: str) -> str:
+    """The owner id of signed-in user ``name``: ``user:<name>``.
+
+    Raises:
+        ValueError: ``name`` is not a valid user name.
+    """
+    owner = USER_OWNER_PREFIX + (name if isinstance(name, str) else "")
+    if not valid_owner(owner):
+        raise ValueError(f"invalid user name {name!r}")
+    return owner
+
+
+def valid_owner(value: Any) -> bool:
+    """Whether ``value`` is an owner id: a browser's random id (:func:`valid_id`) or a user's (:func:`user_owner`)."""
+    from .accounts import NAME_PATTERN
+
+    if isinstance(value, str) and value.startswith(USER_OWNER_PREFIX):
+        return bool(NAME_PATTERN.match(value[len(USER_OWNER_PREFIX):]))
+    return valid_id(value)
 
 
 def make_title(question: str) -> str:
@@ -231,7 +256,7 @@ class ConversationStore:
     def list(self, owner: str, tab: str | None = None) -> list[Conversation]:
         """``owner``'s conversations (of ``tab``, or all), most recently updated first, without rounds.
         An invalid owner id has none."""
-        if not valid_id(owner):
+        if not valid_owner(owner):
             return []
         sql = "SELECT id, owner, tab, title, created_at, updated_at, knowledge_base FROM conversations WHERE owner = ?"
         args: tuple = (owner,)
@@ -290,5 +315,5 @@ class ConversationStore:
 
     @staticmethod
     def _check_owner(owner: str) -> None:
-        if not valid_id(owner):
+        if not valid_owner(owner):
             raise ValueError("invalid owner id: expected a random URL-safe token (reload the page for a new one)")

@@ -57,6 +57,8 @@ class Settings:
     api_only: bool = False
     no_api: bool = False
     api_token: str | None = None
+    #: users and password hashes (``python -m webui users add``); set: the page needs a signed-in user
+    auth_file: Path | None = None
     #: Where the knowledge bases' vectors live (rag.stores): "faiss" (in the folder) or "milvus".
     vector_store: str = "faiss"
     milvus_uri: str | None = None
@@ -214,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "api-token", default=None, metavar="TOKEN",
           help="require this token (header 'Authorization: TOKEN' or 'Bearer TOKEN'; in a browser "
           "/?token=TOKEN once) on the page, the API and the WebSocket; default $CHATLLM_API_TOKEN")
+    _flag(g, "auth-file", type=Path, default=None, metavar="FILE",
+          help="accounts: users and password hashes written by 'python -m webui users add NAME --auth-file FILE'; "
+          "the page then needs a signed-in user, each user sees only their own conversations (knowledge bases "
+          "stay shared); API routes accept --api-token or a signed-in user")
     _flag(g, "max-upload-mb", type=int, default=d.max_upload_mb, help="largest file accepted by an upload, in MB")
     _flag(g, "max-request-mb", type=float, default=d.max_request_mb,
           help="largest request body other than file uploads, in MB; more gets 413")
@@ -291,6 +297,9 @@ def _check(parser: argparse.ArgumentParser, s: Settings) -> None:
 
     backend = get_backend(s.llm_backend)  # the choices came from the registry
     problems += backend.check(s) if backend.check else []
+    if s.auth_file is not None and not s.auth_file.is_file():
+        problems.append(f"--auth-file {s.auth_file} does not exist: create it with "
+                        f"'python -m webui users add NAME --auth-file {s.auth_file}'")
     if s.api_only and s.no_api:
         problems.append("--api-only and --no-api exclude each other: pick one")
     if problems:

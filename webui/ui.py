@@ -1,7 +1,8 @@
 """The Gradio page's handlers: a **Chat** tab and a **LangChain** tab.
 
 A session's conversation lives in its own ``gr.State`` values (a list of
-``(user, assistant)`` pairs); finished rounds are also kept, per browser, in the
+``(user, assistant)`` pairs); finished rounds are also kept, per browser (per signed-in
+user with ``--auth-file``: the handlers take the owner from ``gr.Request``), in the
 conversation store (:mod:`webui.conversations`, via :mod:`webui.ui_conversations`).
 The shared objects are the model and the knowledge bases inside
 :class:`~webui.services.ChatService`.  The handlers are plain functions (see
@@ -95,7 +96,7 @@ class PageHandlers:
         self.service = service
         self.knowledge = KnowledgeHandlers(service)
         store = store or ConversationStore(service.settings.data_folder / "conversations.sqlite3")
-        self.conversations = ConversationHandlers(store)
+        self.conversations = ConversationHandlers(store, accounts=service.settings.auth_file is not None)
 
     def _params(self, max_new_tokens, temperature, top_k, top_p) -> GenerationParams:
         return GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
@@ -224,10 +225,12 @@ class PageHandlers:
 
     def chat_kept(self, message: str, history: PairHistory, system_prompt: str, max_new_tokens: float,
                   temperature: float, top_k: float, top_p: float, max_round: float, owner: str | None,
-                  conversation_id: str | None, lang: str = "en"
+                  conversation_id: str | None, lang: str = "en", request: gr.Request | None = None
                   ) -> Iterator[tuple[ChatMessages, PairHistory, str, str | None]]:
         """:meth:`chat`, keeping each finished round in ``owner``'s conversation
-        ``conversation_id`` (created by the first round); yields (chatbot, history, textbox, id)."""
+        ``conversation_id`` (created by the first round); yields (chatbot, history, textbox, id).
+        With accounts the owner is ``request``'s user (:meth:`ConversationHandlers.owner_of`)."""
+        owner = self.conversations.owner_of(owner, request)
         kept = {"id": conversation_id}
 
         def keep(question, answer, sources):
@@ -242,9 +245,11 @@ class PageHandlers:
                       system_prompt: str, max_new_tokens: float, temperature: float, gen_top_k: float,
                       top_p: float, max_round: float, kb_name: str | None, query_mode: str,
                       retrieval_mode: str | None, owner: str | None, conversation_id: str | None,
-                      lang: str = "en") -> Iterator[tuple[ChatMessages, PairHistory, str, str, str | None]]:
+                      lang: str = "en", request: gr.Request | None = None
+                      ) -> Iterator[tuple[ChatMessages, PairHistory, str, str, str | None]]:
         """:meth:`rag_chat`, keeping each finished round with its sources and knowledge
-        base; yields (chatbot, history, textbox, sources, id)."""
+        base; yields (chatbot, history, textbox, sources, id). The owner as in :meth:`chat_kept`."""
+        owner = self.conversations.owner_of(owner, request)
         kept = {"id": conversation_id}
 
         def keep(q, answer, sources):
@@ -257,26 +262,30 @@ class PageHandlers:
             for out in steps:
                 yield (*out, kept["id"])
 
-    def open_chat(self, owner: str | None, conversation_id: str | None, lang: str = "en"
-                  ) -> tuple[ChatMessages, PairHistory, str | None]:
-        """Open a kept Chat-tab conversation: (chatbot, history, id).
+    def open_chat(self, owner: str | None, conversation_id: str | None, lang: str = "en",
+                  request: gr.Request | None = None) -> tuple[ChatMessages, PairHistory, str | None]:
+        """Open a kept Chat-tab conversation: (chatbot, history, id). The owner as in :meth:`chat_kept`.
 
         Raises:
-            gr.Error: not one of this browser's conversations.
+            gr.Error: not one of this owner's conversations.
         """
+        owner = self.conversations.owner_of(owner, request)
         if not conversation_id:
             return [], [], None
         conversation = self.conversations.open(owner, conversation_id, lang)
         return to_chat_messages(conversation.rounds), conversation.rounds, conversation.id
 
-    def open_rag(self, owner: str | None, conversation_id: str | None, lang: str = "en"):
+    def open_rag(self, owner: str | None, conversation_id: str | None, lang: str = "en",
+                 request: gr.Request | None = None):
         """Open a kept LangChain-tab conversation with its sources and knowledge base:
         (chatbot, history, sources of the last answer, id, knowledge-base picker, state,
         status, files table, file picker). A knowledge base deleted since is replaced by the default one.
+        The owner as in :meth:`chat_kept`.
 
         Raises:
-            gr.Error: not one of this browser's conversations.
+            gr.Error: not one of this owner's conversations.
         """
+        owner = self.conversations.owner_of(owner, request)
         if not conversation_id:
             return [], [], "", None, gr.update(), *self.knowledge.select(None, lang)
         c = self.conversations.open(owner, conversation_id, lang)
@@ -295,9 +304,10 @@ class PageHandlers:
 
     def regenerate_chat(self, history: PairHistory, system_prompt: str, max_new_tokens: float,
                         temperature: float, top_k: float, top_p: float, max_round: float, owner: str | None,
-                        conversation_id: str | None, lang: str = "en"):
+                        conversation_id: str | None, lang: str = "en", request: gr.Request | None = None):
         """Chat tab, **retry**: answer the last question again, replacing the kept answer;
-        yields (chatbot, history, textbox, id)."""
+        yields (chatbot, history, textbox, id). The owner as in :meth:`chat_kept`."""
+        owner = self.conversations.owner_of(owner, request)
         history = [list(x) for x in history or []]
         if not history:
             yield [], [], "", conversation_id

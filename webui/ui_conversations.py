@@ -3,7 +3,9 @@
 The browser's owner id (:func:`webui.conversations.new_owner_id`) lives in a
 ``gr.BrowserState`` (localStorage) and, for the handlers, in a per-session
 ``gr.State``; which conversation a tab shows is another ``gr.State`` (None = a
-new one, created in the store by its first finished round).  All reads and writes
+new one, created in the store by its first finished round).  With accounts
+(``--auth-file``) the owner is the signed-in user instead, taken from each event's
+request (:meth:`ConversationHandlers.owner_of`), never from the session's state.  All reads and writes
 go through :class:`~webui.conversations.ConversationStore`, scoped by the owner.
 """
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any, Sequence
 import gradio as gr
 
 from .i18n import t
-from .conversations import ConversationNotFound, ConversationStore, new_owner_id, valid_id
+from .conversations import (ConversationNotFound, ConversationStore, new_owner_id, user_owner, valid_id,
+                            valid_owner)
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,12 @@ def when(ts: float, now: float | None = None) -> str:
     return moment.strftime("%H:%M") if moment.date() == today.date() else moment.strftime("%Y-%m-%d")
 
 
-def browser_state_secret(folder: str | Path) -> str:
+def browser_state_secret(folder: str | Path, name: str = "page-secret") -> str:
     """The key ``gr.BrowserState`` encrypts the browser's owner id with, kept in
     ``folder/page-secret`` (created once, mode 0600) so the id still decrypts after a
-    restart (Gradio's default is a new random key per start)."""
-    path = Path(folder) / "page-secret"
+    restart (Gradio's default is a new random key per start). Another ``name`` keeps
+    another key (``signin-secret``: the sign-in sessions' key, :mod:`webui.signin`)."""
+    path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -53,11 +57,28 @@ def browser_state_secret(folder: str | Path) -> str:
 
 class ConversationHandlers:
     """Sidebar handlers over one :class:`ConversationStore`; ``owner`` and
-    ``conversation_id`` arguments come from the session's states."""
+    ``conversation_id`` arguments come from the session's states.
 
-    def __init__(self, store: ConversationStore, export_dir: str | Path | None = None):
+    Args:
+        store: the conversations.
+        export_dir: where exports are written (default: the system's temporary folder).
+        accounts: True with ``--auth-file``: the owner is the request's signed-in user (:meth:`owner_of`).
+    """
+
+    def __init__(self, store: ConversationStore, export_dir: str | Path | None = None, accounts: bool = False):
         self.store = store
         self.export_dir = Path(export_dir or tempfile.gettempdir()) / "chatllm-exports"
+        self.accounts = accounts
+
+    def owner_of(self, owner: str | None, request: Any = None) -> str | None:
+        """The owner a page event acts for. Without accounts: ``owner``, the browser's id from the
+        session's state. With accounts: the signed-in user of ``request`` (``gr.Request.username``,
+        set by Gradio from the sign-in cookie), whatever the state says -- a client that sends
+        another session's hash still acts as itself; None (nothing listed or kept) when signed out."""
+        if not self.accounts:
+            return owner
+        name = getattr(request, "username", None)
+        return user_owner(name) if name else None
 
     def start(self, owner: Any) -> str:
         """The browser's owner id: the one it kept, or a new random one when it has none (or an invalid one)."""
@@ -65,7 +86,7 @@ class ConversationHandlers:
 
     def choices(self, owner: str | None, tab: str) -> list[tuple[str, str]]:
         """Sidebar entries of ``tab``: (``"title · time"``, id), most recent first."""
-        if not valid_id(owner):
+        if not valid_owner(owner):
             return []
         return [(f"{c.title or '…'} · {when(c.updated_at)}", c.id) for c in self.store.list(owner, tab)]
 
@@ -80,7 +101,7 @@ class ConversationHandlers:
         """Store a finished round (committed before it is shown as done); creates the
         conversation on its first round. Returns the conversation id (None: not kept,
         e.g. an API client without an owner). A failing store is logged, never raised."""
-        if not valid_id(owner):
+        if not valid_owner(owner):
             return conversation_id
         try:
             try:

@@ -61,9 +61,20 @@ def sidebar(prefix: str):
     return pick, new, title, rename, delete, fmt, export, file
 
 
+def account_line(user: str | None, lang: str) -> str:
+    """The header's "Signed in as NAME · Sign out" (Markdown, the name escaped); empty when no one is."""
+    if not user:
+        return ""
+    return t(lang, "signed_in_as", user=html.escape(user).replace("*", "\\*").replace("_", "\\_"),
+             href="signout")
+
+
 def build_blocks(service: ChatService) -> gr.Blocks:
     """Build the page for ``service``. Returns unlaunched ``gr.Blocks``; mount it with
-    ``gr.mount_gradio_app(..., i18n=webui.i18n.I18N)`` (see :func:`webui.app.create_app`)."""
+    ``gr.mount_gradio_app(..., i18n=webui.i18n.I18N)`` (see :func:`webui.app.create_app`).
+    Every conversation event resolves its owner with ``gr.Request``
+    (:meth:`webui.ui_conversations.ConversationHandlers.owner_of`): the signed-in user with
+    ``--auth-file``, else the browser's id."""
     from .ui import PageHandlers
 
     h = PageHandlers(service)
@@ -71,6 +82,11 @@ def build_blocks(service: ChatService) -> gr.Blocks:
     k = h.knowledge
     s = service.settings
     secret = browser_state_secret(s.data_folder)
+
+    def listed(tab: str):
+        def update(owner, selected, request: gr.Request):
+            return c.listing(c.owner_of(owner, request), tab, selected)
+        return update
     with gr.Blocks(title="ChatLLM-WebUI", analytics_enabled=False) as page:
         owner_kept = gr.BrowserState(None, storage_key="chatllm-owner", secret=secret)
         owner = gr.State(None)  # this session's owner id, copied from the browser on load
@@ -80,6 +96,7 @@ def build_blocks(service: ChatService) -> gr.Blocks:
             gr.Markdown(f"## ChatLLM-WebUI  \n{L('model')}: `{html.escape(service.model.name)}`", scale=4)
             lang_pick = gr.Radio([("Auto / 自动", "auto"), ("English", "en"), ("中文", "zh-CN")], value="auto",
                                  label=t("en", "language"), scale=1, elem_id="language")
+        account = gr.Markdown(visible=c.accounts, elem_id="account")  # "Signed in as ... · Sign out"
         if service.model.is_demo:
             gr.Markdown(L("demo_banner"), elem_id="demo-banner")
         with gr.Tabs():
@@ -114,7 +131,7 @@ def build_blocks(service: ChatService) -> gr.Blocks:
                                outputs=[chatbot, history, box, chat_conv], **ANSWERS)
                 chat_events = [send.click(api_name="chat", **chat_io), box.submit(api_visibility="private", **chat_io)]
                 for event in chat_events:
-                    event.then(lambda o, i: c.listing(o, "chat", i), [owner, chat_conv], [chat_side[0]],
+                    event.then(listed("chat"), [owner, chat_conv], [chat_side[0]],
                                api_visibility="private", queue=False)
                 stop.click(None, cancels=chat_events, api_visibility="private", queue=False)
                 chatbot.retry(h.regenerate_chat, inputs=[history, *gen, owner, chat_conv, lang],
@@ -200,7 +217,7 @@ def build_blocks(service: ChatService) -> gr.Blocks:
                               outputs=[rag_bot, rag_history, rag_box, sources, rag_conv], **ANSWERS)
                 rag_events = [rag_send.click(api_name="rag_chat", **rag_io), rag_box.submit(api_visibility="private", **rag_io)]
                 for event in rag_events:
-                    event.then(lambda o, i: c.listing(o, "langchain", i), [owner, rag_conv], [rag_side[0]],
+                    event.then(listed("langchain"), [owner, rag_conv], [rag_side[0]],
                                api_visibility="private", queue=False)
                 rag_stop.click(None, cancels=rag_events, api_visibility="private", queue=False)
                 rag_clear.click(lambda: ([], [], "", None, gr.update(value=None)),
@@ -216,11 +233,21 @@ def build_blocks(service: ChatService) -> gr.Blocks:
                 new.click(lambda b=blank: (*b, None, gr.update(value=None)), outputs=[*shown, conv, pick],
                           api_visibility="private", queue=False)
                 pick.input(opener, inputs=[owner, pick, lang], outputs=opened, api_name=f"conversation_open_{tab}")
-                rename.click(lambda o, i, title_, lg, tab=tab: c.rename(o, i, title_, tab, lg),
-                             inputs=[owner, conv, title, lang], outputs=[pick, title], api_visibility="private")
-                delete.click(lambda o, i, lg, tab=tab, b=blank: (c.delete(o, i, tab, lg), *b, None),
-                             inputs=[owner, conv, lang], outputs=[pick, *shown, conv], api_visibility="private")
-                export.click(c.export, inputs=[owner, conv, fmt, lang], outputs=[file], api_visibility="private")
+
+                def rename_it(o, i, title_, lg, request: gr.Request, tab=tab):
+                    return c.rename(c.owner_of(o, request), i, title_, tab, lg)
+
+                def delete_it(o, i, lg, request: gr.Request, tab=tab, b=blank):
+                    return (c.delete(c.owner_of(o, request), i, tab, lg), *b, None)
+
+                def export_it(o, i, fmt_, lg, request: gr.Request):
+                    return c.export(c.owner_of(o, request), i, fmt_, lg)
+
+                rename.click(rename_it, inputs=[owner, conv, title, lang], outputs=[pick, title],
+                             api_visibility="private")
+                delete.click(delete_it, inputs=[owner, conv, lang], outputs=[pick, *shown, conv],
+                             api_visibility="private")
+                export.click(export_it, inputs=[owner, conv, fmt, lang], outputs=[file], api_visibility="private")
 
         targets = translatable(page)
         labelled = [block for block, _ in targets]
@@ -232,21 +259,26 @@ def build_blocks(service: ChatService) -> gr.Blocks:
         language_outputs = [*labelled, query_mode]
 
         def start(kept_owner, choice, request: gr.Request):
-            me = c.start(kept_owner)
+            browser = c.start(kept_owner)
+            me = c.owner_of(browser, request)  # with accounts: the signed-in user
             choice = choice if choice in LANGUAGES else "auto"
             language = page_language(choice, request.headers.get("accept-language"))
             kb_view = k.select(None, language)
-            return (me, me, language, gr.update(value=choice), c.listing(me, "chat"), c.listing(me, "langchain"),
-                    gr.update(choices=k.names(), value=k.default), *kb_view, *in_language(language))
+            return (browser, me, language, gr.update(value=choice), c.listing(me, "chat"), c.listing(me, "langchain"),
+                    gr.update(choices=k.names(), value=k.default), *kb_view, *in_language(language),
+                    account_line(request.username if c.accounts else None, language))
 
         page.load(start, inputs=[owner_kept, lang_kept],
                   outputs=[owner_kept, owner, lang, lang_pick, chat_side[0], rag_side[0], kb_pick, *view,
-                           *language_outputs], api_name="conversations_init", queue=False, show_progress="hidden")
+                           *language_outputs, account], api_name="conversations_init", queue=False,
+                  show_progress="hidden")
 
         def switch(choice, kb_name, request: gr.Request):
             language = page_language(choice, request.headers.get("accept-language"))
-            return (choice, language, k.status(kb_name, language), *in_language(language))
+            return (choice, language, k.status(kb_name, language), *in_language(language),
+                    account_line(request.username if c.accounts else None, language))
 
-        lang_pick.input(switch, inputs=[lang_pick, kb_state], outputs=[lang_kept, lang, kb_status, *language_outputs],
+        lang_pick.input(switch, inputs=[lang_pick, kb_state],
+                        outputs=[lang_kept, lang, kb_status, *language_outputs, account],
                         api_name="language", queue=False, show_progress="hidden")
     return page

@@ -89,7 +89,7 @@ def load_service(settings):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, load everything, serve until interrupted. Returns the exit status:
-    0 after a normal shutdown, 2 when the model, embedding model or knowledge base cannot be opened."""
+    0 after a normal shutdown, 2 when the model, embedding model, knowledge base or auth file cannot be opened."""
     from dataclasses import replace
 
     from llm.base import ModelLoadError
@@ -116,16 +116,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from webui.app import create_app
 
-    app = create_app(service)
+    from webui.accounts import AuthFileError
+
+    try:
+        app = create_app(service)
+    except AuthFileError as exc:  # --auth-file is not an auth file
+        print(f"chatllm-webui: error: {exc}", file=sys.stderr)
+        return 2
     if not settings.api_token and settings.host in LOOPBACK:
         # no token on a loopback address: answer only requests addressed to it, so a web page
         # cannot reach this server through DNS rebinding (a foreign Host header gets 400)
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=["localhost", "127.0.0.1", "::1", "[::1]"])
-    if not settings.api_token and settings.host not in LOOPBACK:
+    if not settings.api_token and not settings.auth_file and settings.host not in LOOPBACK:
         log.warning("serving on %s with no access token: anyone who can reach this port can use the model "
-                    "and the knowledge bases; set --api-token or $%s", settings.host, ENV_VAR)
+                    "and the knowledge bases; set --api-token or $%s, or --auth-file", settings.host, ENV_VAR)
     log.info("serving http://%s:%d", "localhost" if settings.host in ("127.0.0.1", "localhost") else settings.host,
              settings.port)
     # Open streams (a browser's queue connection) get 5 s to end on shutdown, not forever.
