@@ -143,3 +143,48 @@ def test_stop_halts_a_long_answer(server, browser):
     time.sleep(3)
     assert bot.inner_text() == stopped, "no more text after stop"
     ask(page, "and a new question")  # the page takes the next question
+
+
+def test_sign_in_with_accounts_and_each_user_has_their_own_conversations(server, browser, tmp_path):
+    """Issue 15, item 2: users written by ``python -m webui users add``, the sign-in page
+    (a wrong password refused, in the browser's language), a conversation per user, sign-out."""
+    import subprocess
+    import sys
+
+    from .server_utils import ROOT, server_env
+
+    users = tmp_path / "users.json"
+    for name in ("alice", "bob"):
+        subprocess.run([sys.executable, "-m", "webui", "users", "add", name, "--password-stdin", "--auth-file",
+                        str(users)], input=f"{name}-password\n", text=True, cwd=ROOT, env=server_env(tmp_path),
+                       check=True, capture_output=True)
+    srv = server("--max-new-tokens=6", f"--auth-file={users}")
+    srv.wait()
+
+    def sign_in(name: str, password: str, locale: str = "en-US"):
+        page = browser.new_context(locale=locale, viewport={"width": 1400, "height": 1000}).new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(srv.url + "/")
+        page.locator("#signin-name").fill(name)
+        page.locator("#signin-password").fill(password)
+        page.locator("#signin-submit").click()
+        return page
+
+    wrong = sign_in("alice", "bob-password", locale="zh-CN")
+    expect(wrong.locator("#signin-error")).to_have_text("用户名或密码错误。")
+    alice = sign_in("alice", "alice-password")
+    expect(alice.locator("#account")).to_contain_text("Signed in as alice")
+    ask(alice, "Alice keeps this question")
+    expect(alice.locator("#chat-conv-list")).to_contain_text("Alice keeps this question")
+
+    bob = sign_in("bob", "bob-password")
+    expect(bob.locator("#chat-send")).to_be_visible()
+    expect(bob.locator("#account")).to_contain_text("Signed in as bob")
+    expect(bob.locator("#chat-conv-list")).not_to_contain_text("Alice keeps this question")
+
+    alice.locator("#sign-out").click()
+    expect(alice.locator("#signin-form")).to_be_visible()
+    alice.goto(srv.url + "/")
+    expect(alice.locator("#signin-form")).to_be_visible()
+    again = sign_in("alice", "alice-password")  # another browser profile: her conversations follow her
+    expect(again.locator("#chat-conv-list")).to_contain_text("Alice keeps this question")

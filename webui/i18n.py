@@ -156,7 +156,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "signin_button": "Sign in",
         "signin_failed": "Wrong user name or password.",
         "signin_other_site": "This sign-in form was sent from another site: open this page's own sign-in page.",
-        "signed_in_as": "Signed in as **{user}** · [Sign out]({href})",
+        "signed_in_as": "Signed in as {user}",
+        "sign_out": "Sign out",
     },
     "zh-CN": {
         "type_message": "请先输入消息。",
@@ -199,7 +200,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "signin_button": "登录",
         "signin_failed": "用户名或密码错误。",
         "signin_other_site": "此登录表单来自其他网站：请打开本站自己的登录页面。",
-        "signed_in_as": "已登录：**{user}** · [退出登录]({href})",
+        "signed_in_as": "已登录：{user}",
+        "sign_out": "退出登录",
     },
 }
 STATIC: dict[str, dict[str, str]] = {"en": EN, "zh-CN": ZH}

@@ -62,11 +62,12 @@ def sidebar(prefix: str):
 
 
 def account_line(user: str | None, lang: str) -> str:
-    """The header's "Signed in as NAME · Sign out" (Markdown, the name escaped); empty when no one is."""
+    """The header's "Signed in as NAME · Sign out" (HTML, the name escaped; the link opens in the
+    same tab, which Markdown links do not); empty when no one is signed in."""
     if not user:
         return ""
-    return t(lang, "signed_in_as", user=html.escape(user).replace("*", "\\*").replace("_", "\\_"),
-             href="signout")
+    who = html.escape(t(lang, "signed_in_as", user="\0")).replace("\0", f"<b>{html.escape(user)}</b>")
+    return f'{who} · <a href="signout" target="_self" id="sign-out">{html.escape(t(lang, "sign_out"))}</a>'
 
 
 def build_blocks(service: ChatService) -> gr.Blocks:
@@ -96,7 +97,7 @@ def build_blocks(service: ChatService) -> gr.Blocks:
             gr.Markdown(f"## ChatLLM-WebUI  \n{L('model')}: `{html.escape(service.model.name)}`", scale=4)
             lang_pick = gr.Radio([("Auto / 自动", "auto"), ("English", "en"), ("中文", "zh-CN")], value="auto",
                                  label=t("en", "language"), scale=1, elem_id="language")
-        account = gr.Markdown(visible=c.accounts, elem_id="account")  # "Signed in as ... · Sign out"
+        account = gr.HTML(visible=c.accounts, elem_id="account")  # "Signed in as ... · Sign out"
         if service.model.is_demo:
             gr.Markdown(L("demo_banner"), elem_id="demo-banner")
         with gr.Tabs():
