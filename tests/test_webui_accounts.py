@@ -215,3 +215,31 @@ def test_without_accounts_the_owner_is_still_the_browser(tmp_path, embedder):
     me = new_owner_id()
     *_, (_, _, _, cid) = h.chat_kept("hello", [], *GEN, me, None, "en", gr.Request(username=None))
     assert [x.id for x in h.conversations.store.list(me)] == [cid]
+
+
+def test_a_file_that_is_not_an_auth_file_stops_the_server_before_loading_anything(tmp_path, capsys):
+    from webui.webui_server import main
+
+    bad = tmp_path / "users.json"
+    bad.write_text('{"alice": "hunter2"}', encoding="utf-8")
+    assert main([f"--auth-file={bad}", f"--knowledge-dir={tmp_path / 'knowledge'}"]) == 2
+    assert "python -m webui users add NAME" in capsys.readouterr().err
+    assert not (tmp_path / "knowledge").exists(), "nothing was loaded or created"
+
+
+def test_a_flood_of_sign_ins_is_told_to_wait_and_a_proxied_form_is_accepted(make_client):
+    from webui.signin import SIGNIN_WAITING
+
+    client = make_client()
+    limiter = client.app.state.accounts._hashing
+    leaves = [limiter.gate.enter() for _ in range(2 + SIGNIN_WAITING)]  # every turn taken
+    try:
+        r = sign_in(client, "alice", PASSWORDS["alice"])
+        assert r.status_code == 503 and "try again" in r.text and r.headers["retry-after"] == "5"
+    finally:
+        for leave in leaves:
+            leave()
+    r = client.post(
+        "/signin", data={"username": "alice", "password": PASSWORDS["alice"]}, follow_redirects=False,
+        headers={"origin": "https://chat.example.org", "x-forwarded-host": "chat.example.org"})
+    assert r.status_code == 303 and USER_COOKIE in r.cookies, "behind a proxy the Origin names the forwarded host"

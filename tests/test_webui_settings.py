@@ -51,6 +51,7 @@ def test_boolean_flags(flag):
     (["--chunk-size=100", "--chunk-overlap=100"], "--chunk-overlap (100) must be >= 0 and below --chunk-size (100)"),
     (["--api-only", "--no-api"], "exclude each other"),
     (["--precision=int3"], "invalid choice"),
+    (["--auth-file=/nonexistent/users.json"], "create it with 'python -m webui users add NAME --auth-file"),
 ])
 def test_bad_values_exit_with_a_message_naming_the_flag(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:

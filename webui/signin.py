@@ -41,6 +41,7 @@ from starlette.routing import Match, Mount
 from starlette.concurrency import run_in_threadpool
 
 from .accounts import MAX_PASSWORD_CHARS, AuthFile
+from .api_common import ApiError, WorkLimiter, error_response
 from .auth import OPEN_PATHS, TokenAuthMiddleware, presented_token
 from .i18n import page_language, t
 
@@ -48,13 +49,17 @@ USER_COOKIE = "chatllm_user"
 #: How long a sign-in lasts (seconds): a week, as the token's page cookie.
 SESSION_MAX_AGE_S = 7 * 24 * 3600
 SIGNIN_PATHS = frozenset({"/signin", "/signout"})
+#: Sign-ins that may wait for one of the two password checks running at once; more get "busy".
+SIGNIN_WAITING = 8
 
 Scope = dict[str, Any]
 
 
 class Accounts:
     """The auth file as the server sees it: re-read when it changes (``users add`` needs no
-    restart), passwords verified off the event loop, two at a time (scrypt takes 128 MiB each).
+    restart), passwords verified off the event loop, two at a time (scrypt takes 128 MiB
+    and ~0.6 s each), at most :data:`SIGNIN_WAITING` more waiting (so a flood of sign-ins
+    holds at most 10 worker threads; beyond, "busy, try again").
 
     Args:
         path: the auth file (``--auth-file``).
@@ -68,7 +73,7 @@ class Accounts:
         self.path = Path(path)
         self._key = hmac.new(secret.encode(), b"chatllm-webui sign-in sessions", hashlib.sha256).digest()
         self._lock = threading.Lock()
-        self._hashing = threading.BoundedSemaphore(2)
+        self._hashing = WorkLimiter(running=2, waiting=SIGNIN_WAITING)
         self._stamp: tuple | None = None
         self._file = AuthFile.load(self.path, missing_ok=False)
         self._stamp = self._file_stamp()
@@ -96,8 +101,13 @@ class Accounts:
             return self._file
 
     def verify(self, name: str, password: str) -> bool:
-        """Whether ``name``/``password`` sign in (constant-time comparison, the same cost for an unknown name)."""
-        with self._hashing:
+        """Whether ``name``/``password`` sign in (constant-time comparison, the same cost for an
+        unknown name). Blocks: call it from a worker thread.
+
+        Raises:
+            webui.api_common.ApiError: 503, :data:`SIGNIN_WAITING` sign-ins are waiting already.
+        """
+        with self._hashing.slot():
             return self.current().verify(name, password)
 
     def _fingerprint(self, name: str) -> str | None:
@@ -181,8 +191,6 @@ class AccountsMiddleware:
             return await RedirectResponse(location, status_code=303)(scope, receive, send)
         how = ("sign in at /signin, or send the header 'Authorization: <token>'" if api and self.token
                else "sign in at /signin")
-        from .api_common import error_response
-
         await error_response(401, f"not signed in: {how}", type="authentication_error",
                              code="invalid_api_key" if api else None,
                              headers={"WWW-Authenticate": "Bearer"} if api and self.token else None)(
@@ -208,11 +216,13 @@ def _safe_next(value: str | None) -> str:
 
 
 def _same_origin(request: Request) -> bool:
-    """A sign-in form posted from this server (or by a client sending no Origin), not from another site."""
+    """A sign-in form posted from this server (or by a client sending no Origin), not from another
+    site: the ``Origin`` names the ``Host`` (or, behind a proxy, the ``X-Forwarded-Host``) asked."""
     origin = request.headers.get("origin")
-    if not origin or origin == "null":
-        return origin is None
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    if origin is None:
+        return True
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "").split(",")[0].strip()}
+    return urlsplit(origin).netloc in hosts - {""}
 
 
 def signin_page(lang: str, next_url: str, error: str | None = None, name: str = "") -> str:
@@ -257,7 +267,12 @@ def install_signin_routes(app, accounts: Accounts) -> None:
         name = (form.get("username") or [""])[0].strip()
         password = (form.get("password") or [""])[0][:MAX_PASSWORD_CHARS]
         next_url = _safe_next((form.get("next") or ["/"])[0])
-        if not (name and password and await run_in_threadpool(accounts.verify, name, password)):
+        try:
+            good = bool(name and password) and await run_in_threadpool(accounts.verify, name, password)
+        except ApiError:  # too many sign-ins at once
+            return HTMLResponse(signin_page(lang, next_url, t(lang, "signin_busy"), name), status_code=503,
+                                headers={"Cache-Control": "no-store", "Retry-After": "5"})
+        if not good:
             # one message for a wrong name and a wrong password: it tells neither apart
             return HTMLResponse(signin_page(lang, next_url, t(lang, "signin_failed"), name), status_code=401,
                                 headers={"Cache-Control": "no-store"})

@@ -105,6 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "could not load AVX512" lines are noise
+    if settings.auth_file is not None:
+        from webui.accounts import AuthFile, AuthFileError
+
+        try:  # before minutes of loading the model
+            AuthFile.load(settings.auth_file, missing_ok=False)
+        except AuthFileError as exc:
+            print(f"chatllm-webui: error: {exc}", file=sys.stderr)
+            return 2
     try:
         service = load_service(settings)
     except (ModelLoadError, EmbeddingLoadError, EmbeddingMismatchError, VectorStoreMismatchError) as exc:
