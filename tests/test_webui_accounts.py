@@ -55,6 +55,9 @@ def test_users_cli_writes_a_private_file_that_verifies_only_the_right_password(t
     assert cli(tmp_path, "add", "bad name", "--password-stdin", stdin="long enough\n")[0] == 1
     assert cli(tmp_path, "remove", "carol")[0] == 1 and "no user 'carol'" in capsys.readouterr().err
     assert cli(tmp_path, "list") == (0, f"alice\t{json.loads(path.read_text())['users']['alice']['created']}\n")
+    assert cli(tmp_path, "passwd", "alice", "--password-stdin", stdin="a brand new one\n")[0] == 0
+    changed = json.loads(path.read_text())["users"]["alice"]["password"]
+    assert changed != stored and verify_password("a brand new one", changed)
     assert cli(tmp_path, "remove", "alice")[0] == 0 and AuthFile.load(path).users == {}
 
 

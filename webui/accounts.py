@@ -8,8 +8,9 @@ The file is JSON, written by ``python -m webui users ...`` (:mod:`webui.users_cl
 Passwords are hashed with scrypt (RFC 7914, ``hashlib.scrypt``) at the parameters the
 OWASP Password Storage Cheat Sheet gives as the minimum for scrypt: N = 2**17 (``ln=17``),
 r = 8, p = 1, with a random 16-byte salt and a 32-byte key.  One hash takes 128 MiB of
-memory (128 * r * N bytes) and about 0.6 s on one core of the 2-core CI machine (the
-server lets two run at once: :class:`webui.signin.Accounts`).  A hash is stored as a PHC string (the
+memory (128 * r * N bytes) and, measured on the 2-core CI machine (AMD EPYC), 0.61 s at
+load average 1.8 and 1.0 s at load average 11 (the server lets two run at once:
+:class:`webui.signin.Accounts`).  A hash is stored as a PHC string (the
 format of the Password Hashing Competition, as passlib writes scrypt), which names its
 own parameters: a file written with other parameters still verifies.
 

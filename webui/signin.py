@@ -1,11 +1,12 @@
 """Sign-in for the page with ``--auth-file FILE`` (:mod:`webui.accounts`).
 
-Gradio's own ``auth=`` keeps its sessions in memory (lost on restart) and has a login
-form we cannot translate; ``gr.mount_gradio_app(auth_dependency=...)`` only asks us who
-the user is.  So the sign-in is ours: ``GET /signin`` (a form in English or Chinese),
-``POST /signin`` (sets a signed session cookie), ``GET /signout``; Gradio's
-``auth_dependency`` reads the cookie (:meth:`Accounts.user_of`), so the page's handlers
-see ``gr.Request.username``.
+Gradio 6's ``gr.mount_gradio_app`` takes ``auth=`` (its own login form, checked by a
+callable we could give it), but keeps its sessions in memory (all lost at each restart),
+guards only the routes Gradio serves (not the API beside it) and has no sign-out link
+on the page; its ``auth_dependency=`` only asks who a request's user is.  So the form
+and the session cookie are ours: ``GET /signin`` (a form in English or Chinese), ``POST
+/signin`` (sets a signed session cookie), ``GET /signout``; Gradio's ``auth_dependency``
+reads the cookie (:meth:`Accounts.user_of`), so the page's handlers see ``gr.Request.username``.
 
 Who may do what with ``--auth-file`` (:class:`AccountsMiddleware`):
 
