@@ -43,7 +43,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .accounts import MAX_PASSWORD_CHARS, AuthFile
 from .api_common import ApiError, WorkLimiter, error_response
-from .auth import OPEN_PATHS, TokenAuthMiddleware, presented_token
+from .auth import OPEN_PATHS, presented_token, session_value
 from .i18n import page_language, t
 
 USER_COOKIE = "chatllm_user"
@@ -168,7 +168,8 @@ class AccountsMiddleware:
         self.app = app
         self.accounts = accounts
         self.is_api = is_api
-        self.token = TokenAuthMiddleware(app, token) if token else None
+        # the token, and the page-session value a browser's ?token= used to set (webui.auth)
+        self.tokens = [t.encode() for t in (token, session_value(token))] if token else []
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] not in ("http", "websocket") or scope.get("path") in OPEN_PATHS | SIGNIN_PATHS:
@@ -176,9 +177,9 @@ class AccountsMiddleware:
         if cookie_user(self.accounts, scope) is not None:
             return await self.app(scope, receive, send)
         api = self.is_api(scope)
-        if api and self.token is not None:
+        if api and self.tokens:
             presented, _ = presented_token(scope)
-            if presented is not None and self.token._valid(presented):
+            if presented is not None and any([hmac.compare_digest(presented.encode(), t) for t in self.tokens]):
                 return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008, "reason": "sign in or send the API token"})
@@ -190,11 +191,11 @@ class AccountsMiddleware:
             target = scope.get("path", "/") + (f"?{query}" if query else "")
             location = f"{scope.get('root_path', '')}/signin?next={quote(target, safe='')}"
             return await RedirectResponse(location, status_code=303)(scope, receive, send)
-        how = ("sign in at /signin, or send the header 'Authorization: <token>'" if api and self.token
+        how = ("sign in at /signin, or send the header 'Authorization: <token>'" if api and self.tokens
                else "sign in at /signin")
         await error_response(401, f"not signed in: {how}", type="authentication_error",
                              code="invalid_api_key" if api else None,
-                             headers={"WWW-Authenticate": "Bearer"} if api and self.token else None)(
+                             headers={"WWW-Authenticate": "Bearer"} if api and self.tokens else None)(
             scope, receive, send)
 
 
