@@ -30,7 +30,7 @@ from .loaders import OCR_MODES, SUPPORTED_EXTENSIONS, configure, ocr_progress
 from .persistence import safe_file_name
 from .registry import (InvalidKnowledgeBaseName, KnowledgeBaseRegistry, UnknownKnowledgeBase, check_name,
                        knowledge_base_exists, knowledge_base_names)
-from .store import EmbeddingMismatchError, KnowledgeBaseCorruptError, recorded_embedding_model
+from .store import EmbeddingMismatchError, KnowledgeBaseCorruptError, UnknownFile, recorded_embedding_model
 from .types import RETRIEVAL_MODES, FileReport
 
 log = logging.getLogger("rag.cli")
@@ -374,7 +374,7 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     for name in args.files:
         try:
             removed = kb.delete_file(name)
-        except KeyError as exc:
+        except UnknownFile as exc:
             print(f"rag: error: {exc.args[0]}", file=sys.stderr)
             status = 2
             continue

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import persistence as disk
-from .kb_state import KnowledgeBaseClosedError, _utc_now
+from .kb_state import KnowledgeBaseClosedError, UnknownFile, _utc_now
 from .keywords import chunk_tokens
 from .loaders import DocumentLoadError, load_file
 from .splitter import searchable_text, split_documents, visible_markdown
@@ -339,7 +339,7 @@ class Ingestion:
             The number of chunks removed.
 
         Raises:
-            KeyError: no such file in the knowledge base.
+            UnknownFile: no such file in the knowledge base (a :class:`KeyError`).
             KnowledgeBaseClosedError: the knowledge base was deleted.
             rag.persistence.FolderBusyError: another process kept writing it too long.
         """
@@ -347,8 +347,8 @@ class Ingestion:
             key = name if name in self._files else disk.safe_file_name(name)
             if key not in self._files:
                 known = ", ".join(sorted(self._files)) or "none"
-                raise KeyError(f"no file named {name!r} in knowledge base {self._directory.name!r} "
-                               f"(files: {known})")
+                raise UnknownFile(f"no file named {name!r} in knowledge base {self._directory.name!r} "
+                                  f"(files: {known})")
             removed = self._remove_chunks_of(key)
             del self._files[key]
             self._commit_or_reload()

@@ -36,6 +36,15 @@ class KnowledgeBaseClosedError(RuntimeError):
     """The knowledge base was deleted (or is being deleted): this object can never write again."""
 
 
+class UnknownFile(KeyError):
+    """No file of that name in the knowledge base; the message lists the files it has.
+    A :class:`KeyError` for callers that catch that, but its own class, so the API maps
+    it to 404 and a stray ``KeyError`` from a bug stays a 500."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; this one is a sentence
+        return str(self.args[0]) if self.args else ""
+
+
 class KnowledgeBaseCorruptError(RuntimeError):
     """The files of a knowledge base are unreadable or disagree with each other
     (not caused by a crash, which the layout survives); the message names the folder."""

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import persistence as disk
 from .ingest import EMBED_BATCH, UNCHANGED_REASON, Ingestion  # noqa: F401
 from .kb_state import (EmbeddingMismatchError, KnowledgeBaseClosedError, KnowledgeBaseCorruptError,  # noqa: F401
-                       KnowledgeBaseState, VectorStoreMismatchError, _utc_now, recorded_embedding_model)
+                       KnowledgeBaseState, UnknownFile, VectorStoreMismatchError, _utc_now,
+                       recorded_embedding_model)
 from .keywords import KeywordIndex
 from .retrieval import HYBRID_CANDIDATES, Retrieval  # noqa: F401
 from .splitter import chunk_settings, make_text_splitter

@@ -1,6 +1,7 @@
-"""One table maps exceptions to status codes (``webui.api_common.ERROR_TABLE``), and the
-token budget lives in ``llm.budget``: a KeyError from inside retrieval is a 500 in the
-error shape, not an "unknown knowledge base" 404."""
+"""One table maps exceptions to status codes (``webui.api.errors.ERROR_TABLE``), and the
+token budget lives in ``llm.budget``: a KeyError from inside retrieval, or from inside a
+file's deletion, is a 500 in the error shape, not an "unknown knowledge base" or
+"unknown file" 404."""
 from __future__ import annotations
 
 import pytest
@@ -41,6 +42,23 @@ def test_an_unknown_knowledge_base_is_still_a_404(client):
     assert r.status_code == 404, r.text
     assert r.json()["error"]["param"] == "knowledge_base"
     assert r.json()["error"]["type"] == "not_found_error"
+
+
+def test_only_an_unknown_file_is_a_404_not_any_keyerror_in_a_delete(client, monkeypatch):
+    r = client.post("/v1/knowledge/notes/files", files=[("files", ("zebra.md", b"# Zebras\n\nZebras have stripes."))])
+    assert r.status_code == 200 and r.json()["files"][0]["status"] == "added", r.text
+    r = client.delete("/v1/knowledge/notes/files/quokka.md")
+    assert r.status_code == 404, r.text
+    error = r.json()["error"]
+    assert (error["type"], error["param"]) == ("not_found_error", "name")
+    assert "quokka.md" in error["message"] and "zebra.md" in error["message"], "names the file and those there are"
+
+    def broken(name):
+        raise KeyError(name)  # e.g. a bug in the chunk bookkeeping
+
+    monkeypatch.setattr(client.app.state.service.knowledge_base("notes"), "delete_file", broken)
+    r = client.delete("/v1/knowledge/notes/files/zebra.md")
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
 
 
 def test_a_prompt_too_long_is_400_context_length_exceeded_on_both_protocols(client):

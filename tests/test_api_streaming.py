@@ -1,4 +1,4 @@
-"""webui.api_common.ready_batches: how the API hands a model's blocking stream to the
+"""webui.api.streaming.ready_batches: how the API hands a model's blocking stream to the
 event loop: tokens that arrive while the consumer is busy leave together, errors come
 after the items before them, and a consumer that stops early stops the model."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from contextlib import aclosing
 
 import pytest
 
-from webui.api_common import coalesced_text, ready_batches
+from webui.api.streaming import coalesced_text, ready_batches
 
 
 def _run(coro):

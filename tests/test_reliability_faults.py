@@ -7,8 +7,8 @@
   completes it.
 * A client that goes away mid-answer stops its generation: the real demo model
   behind a real uvicorn, its forward passes counted; the client disconnects
-  (PAI stream, PAI JSON, OpenAI SSE, WebSocket, a page session cancelled through
-  gradio_client) and generation ends far short of ``max_new_tokens`` (the demo
+  (PAI stream, PAI JSON, OpenAI SSE, OpenAI JSON, WebSocket streamed and not, a page
+  session cancelled through gradio_client, a browser tab closed) and generation ends far short of ``max_new_tokens`` (the demo
   model never stops by itself, so a generation left running would reach it).
 * An exception or out-of-memory inside generation ends that request with an
   error message, on every route, and the server goes on serving.
@@ -192,6 +192,25 @@ def _disconnect_pai_json(url: str) -> None:
                    timeout=httpx.Timeout(60, read=1.5))
 
 
+def _disconnect_openai_json(url: str) -> None:
+    """A non-streamed completion whose client gives up waiting (read timeout) and closes."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "tell me everything"}], "max_tokens": MAX_NEW},
+            timeout=httpx.Timeout(60, read=1.5))
+
+
+def _disconnect_websocket_json(url: str) -> None:
+    """A WebSocket request answered in one reply, the connection closed while it is generated."""
+    import websocket
+
+    ws = websocket.create_connection(url.replace("http", "ws") + "/", timeout=60)
+    ws.send(json.dumps({"prompt": "tell me everything", "max_new_tokens": MAX_NEW}))
+    wait_until(_generating, timeout=60, what="the generation to start")
+    time.sleep(0.5)  # some forward passes (not a timing assertion: the test counts passes)
+    ws.close()
+
+
 def _cancel_page_session(url: str) -> None:
     from gradio_client import Client
 
@@ -222,8 +241,10 @@ def _close_browser_tab(url: str) -> None:
 
 
 @pytest.mark.parametrize("disconnect", [_disconnect_pai_stream, _disconnect_pai_json, _disconnect_openai_stream,
-                                        _disconnect_websocket, _cancel_page_session, _close_browser_tab],
-                         ids=["pai-stream", "pai-json", "openai-sse", "websocket", "page", "browser-tab"])
+                                        _disconnect_openai_json, _disconnect_websocket, _disconnect_websocket_json,
+                                        _cancel_page_session, _close_browser_tab],
+                         ids=["pai-stream", "pai-json", "openai-sse", "openai-json", "websocket", "websocket-json",
+                              "page", "browser-tab"])
 def test_a_client_that_goes_away_stops_its_generation(live, disconnect):
     wait_until(lambda: not _generating(), what="an idle model")
     before = len(live.forward_calls)

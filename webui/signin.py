@@ -42,7 +42,8 @@ from starlette.routing import Match, Mount
 from starlette.concurrency import run_in_threadpool
 
 from .accounts import MAX_PASSWORD_CHARS, AuthFile
-from .api_common import ApiError, WorkLimiter, error_response
+from .api.admission import WorkLimiter
+from .api.errors import ApiError, error_response
 from .auth import OPEN_PATHS, presented_token, session_value
 from .i18n import page_language, t
 
@@ -106,7 +107,7 @@ class Accounts:
         unknown name). Blocks: call it from a worker thread.
 
         Raises:
-            webui.api_common.ApiError: 503, :data:`SIGNIN_WAITING` sign-ins are waiting already.
+            webui.api.errors.ApiError: 503, :data:`SIGNIN_WAITING` sign-ins are waiting already.
         """
         with self._hashing.slot():
             return self.current().verify(name, password)

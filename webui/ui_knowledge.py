@@ -19,7 +19,8 @@ import gradio as gr
 from rag.loaders import ocr_progress
 from rag.loaders.registry import describe_types
 from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase
-from rag.store import EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseCorruptError, VectorStoreMismatchError
+from rag.store import (EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseCorruptError, UnknownFile,
+                       VectorStoreMismatchError)
 from rag.types import FileReport
 
 from .i18n import t
@@ -190,7 +191,7 @@ class KnowledgeHandlers:
         kb = self.kb(name)
         try:
             removed = kb.delete_file(file)
-        except KeyError as exc:
+        except UnknownFile as exc:
             raise gr.Error(str(exc.args[0])) from None
         message = t(lang, "file_deleted", file=html.escape(file), chunks=removed)
         return message, self.status(name, lang), self.files_table(name), self.file_choices(name)

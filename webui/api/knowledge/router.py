@@ -6,20 +6,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from rag.loaders.registry import describe_types
 from rag.persistence import FolderBusyError, safe_file_name
-from rag.registry import InvalidKnowledgeBaseName, UnknownKnowledgeBase, check_name
-from rag.store import (EmbeddingMismatchError, KnowledgeBase, KnowledgeBaseClosedError, KnowledgeBaseCorruptError,
-                       VectorStoreMismatchError)
+from rag.registry import check_name
+from rag.store import KnowledgeBase
 from rag.types import FileReport
 
-from .api_common import ApiError, WorkLimiter, get_service
-from .protocol import (DeleteReply, ErrorResponse, FileInfo, FileList, FileReportModel, KnowledgeBaseDeleteReply,
-                       KnowledgeBaseInfo, KnowledgeBaseList, SearchReply, SearchRequest, Source, UploadReply)
-from .services import ChatService
+from ...services import ChatService
+from ..admission import WorkLimiter, get_limiter, get_service
+from ..errors import api_errors
+from ..protocol import ErrorResponse, Source
+from .protocol import (DeleteReply, FileInfo, FileList, FileReportModel, KnowledgeBaseDeleteReply, KnowledgeBaseInfo,
+                       KnowledgeBaseList, SearchReply, SearchRequest, UploadReply)
 
 router = APIRouter(prefix="/v1/knowledge", tags=["knowledge"])
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
@@ -49,23 +50,16 @@ def clear_stale_uploads(knowledge_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def knowledge_errors():
+    """What the block raises, as API errors by :data:`~webui.api.errors.ERROR_TABLE`: a bad
+    name 400, an unknown base or file 404, a base that cannot be read or written now 409;
+    anything else (a ``KeyError`` from a bug included) 500."""
+    return api_errors(knowledge_base="kb", file="name")
+
+
 def _kb(service: ChatService, name: str, create: bool = False) -> KnowledgeBase:
-    try:
+    with knowledge_errors():
         return service.knowledge_base(name, create=create)
-    except InvalidKnowledgeBaseName as exc:
-        raise ApiError(400, str(exc), param="kb") from None
-    except UnknownKnowledgeBase as exc:
-        raise ApiError(404, str(exc), type="not_found_error", param="kb") from None
-    except (EmbeddingMismatchError, VectorStoreMismatchError, KnowledgeBaseCorruptError) as exc:
-        raise _conflict(exc) from None
-
-
-def _conflict(exc: Exception) -> ApiError:
-    return ApiError(409, str(exc), type="conflict_error", param="kb")
-
-
-def _limiter(request: Request) -> WorkLimiter:
-    return request.app.state.retrieval
 
 
 @router.get("", response_model=KnowledgeBaseList, responses=ERRORS)
@@ -96,14 +90,12 @@ async def _save_upload(upload: UploadFile, folder: Path, limit: int) -> Path | N
 async def upload_files(kb: str, files: list[UploadFile] = File(..., description="repeat the field for several files; "
                                                                f"types read: {describe_types()}"),
                        service: ChatService = Depends(get_service),
-                       limiter: WorkLimiter = Depends(_limiter)) -> UploadReply:
+                       limiter: WorkLimiter = Depends(get_limiter)) -> UploadReply:
     """Add files (multipart, field ``files`` repeated) to knowledge base ``kb``, created by the first
     upload that adds a file (one whose files are all refused creates nothing). One report per file,
     in order; a refused file never stops the others. Saved every 50 files or 2 s, and at the end."""
-    try:
+    with knowledge_errors():
         check_name(kb)
-    except InvalidKnowledgeBaseName as exc:
-        raise ApiError(400, str(exc), param="kb") from None
     limit_mb = service.settings.max_upload_mb
     reports: list[FileReport | None] = []
     staging = Path(service.settings.knowledge_dir) / UPLOADS_DIR
@@ -151,12 +143,8 @@ def delete_knowledge_base(kb: str, service: ChatService = Depends(get_service)) 
     back; a later upload to the same name starts a new, empty base."""
     base = _kb(service, kb)
     files, chunks = len(base.files()), len(base)
-    try:
+    with knowledge_errors():
         service.knowledge_bases.delete(kb)
-    except UnknownKnowledgeBase as exc:
-        raise ApiError(404, str(exc), type="not_found_error", param="kb") from None
-    except FolderBusyError as exc:
-        raise _conflict(exc) from None
     return KnowledgeBaseDeleteReply(knowledge_base=kb, files=files, chunks=chunks)
 
 
@@ -170,18 +158,14 @@ def list_files(kb: str, service: ChatService = Depends(get_service)) -> FileList
 def delete_file(kb: str, name: str, service: ChatService = Depends(get_service)) -> DeleteReply:
     """Remove file ``name`` and its chunks from the index of ``kb``."""
     base = _kb(service, kb)
-    try:
+    with knowledge_errors():
         removed = base.delete_file(name)
-    except KeyError as exc:
-        raise ApiError(404, str(exc).strip("'\""), type="not_found_error", param="name") from None
-    except (KnowledgeBaseClosedError, FolderBusyError) as exc:
-        raise _conflict(exc) from None
     return DeleteReply(knowledge_base=kb, deleted=name, chunks_removed=removed)
 
 
 @router.post("/{kb}/search", response_model=SearchReply, responses=ERRORS)
 def search(kb: str, req: SearchRequest, service: ChatService = Depends(get_service),
-           limiter: WorkLimiter = Depends(_limiter)) -> SearchReply:
+           limiter: WorkLimiter = Depends(get_limiter)) -> SearchReply:
     """The best chunks of ``kb`` for ``query``, best first, found as the page finds them
     (the server's retriever and reranker, or ``mode``); ``score_threshold`` is on the relevance
     (rag.fusion.relevance). Searches and uploads take turns (two at a time); 503 with ``Retry-After``

@@ -1,0 +1,1 @@
+"""The knowledge-base endpoints under ``/v1/knowledge``."""

@@ -1,0 +1,1 @@
+"""The PAI-EAS ChatLLM protocol: ``POST /`` and the WebSocket at ``/``."""
