@@ -248,6 +248,10 @@ class HFChatModel(ChatModel):
         if pad is None:
             pad = eos[0] if isinstance(eos, (list, tuple)) else eos
         kwargs["pad_token_id"] = pad
+        if params.stop:
+            # transformers' StopStringCriteria ends generate itself at a stop string, so the
+            # generation thread never runs on while the consumer finds it in the text
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         return kwargs
 
     def _run(self, kwargs: dict[str, Any], streamer: TextIteratorStreamer, errors: list[BaseException]) -> None:
