@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,7 @@ def browser_page():
             browser.close()
 
 
-def test_chat_then_upload_and_ask_the_knowledge_base(server, corpus, browser_page):
+def test_chat_then_upload_and_ask_the_knowledge_base(server, corpus, browser_page, tmp_path):
     expect = sync_api.expect
     expect.set_options(timeout=TIMEOUT_MS)
     srv = server("--max-new-tokens=12")
@@ -78,6 +79,16 @@ def test_chat_then_upload_and_ask_the_knowledge_base(server, corpus, browser_pag
     # the demo model's 4k context holds 2 of the 3 retrieved 507-token chunks (the install
     # section ranks 3rd); that it is retrieved is checked in tests/test_rag_retrieval.py
     expect(sources).to_contain_text("[2] README.md")
+    # a source opens to its whole chunk (the summary holds a snippet of SNIPPET_CHARS)
+    first = sources.locator("details").first
+    body = first.locator("p").last
+    expect(body).to_be_hidden()
+    first.locator("summary").click()
+    expect(body).to_be_visible()
+    whole, summary = first.inner_text(), first.locator("summary").inner_text()
+    assert len(whole) > len(summary) + 300, whole
+    page.screenshot(path=str(Path(os.environ.get("CHATLLM_SCREENSHOTS", tmp_path)) / "sources-open.png"),
+                    full_page=True)
     rag = page.locator("#rag-chatbot")
     expect(rag.locator('[data-testid="user"]')).to_have_text("How do I install DeepSpeed?")
     expect(rag).to_contain_text("Sources (")  # the folded sources come with the last update

@@ -123,13 +123,15 @@ def test_citation_names_the_sheet_and_rows(corpus):
     from rag.loaders import load_file
     from rag.prompt import passage_label
     from rag.types import Chunk, SearchResult
-    from webui.ui import format_sources, plain_markdown
+    from webui.ui import format_sources
 
     doc = load_file(corpus / "office" / "test.xlsx")[0]
     meta = {k: v for k, v in doc.metadata.items() if k != "source"}
     result = SearchResult(chunk=Chunk(id=1, text=doc.page_content, source="test.xlsx", metadata=meta), score=0.9)
     assert passage_label(result) == f"source: test.xlsx, sheet Sheet1, rows {doc.metadata['rows']}"
-    assert plain_markdown(f"test.xlsx, sheet Sheet1, rows {doc.metadata['rows']}") in format_sources([result])
+    shown = format_sources([result])
+    assert f"<b>test.xlsx, sheet Sheet1, rows {doc.metadata['rows']}</b>" in shown
+    assert "6ff4173b\\-42a5" in shown, "opening the source shows the whole chunk"
     slide = SearchResult(chunk=Chunk(id=2, text="AutoGen", source="test.pptx", page=4), score=0.9)
     assert passage_label(slide) == "source: test.pptx, page 4"
 

@@ -11,7 +11,7 @@ from .conftest import uploaded
 from rag.registry import KnowledgeBaseRegistry
 from webui.services import ChatService
 from webui.settings import Settings
-from webui.ui import PageHandlers, build_blocks, plain_markdown
+from webui.ui import PageHandlers, build_blocks
 
 from .conftest import FakeChatModel  # noqa: F401
 
@@ -116,7 +116,7 @@ def test_rag_answer_injects_chunks_and_shows_sources(service, corpus):
     h.ingest(uploaded([str(corpus / "deepspeed" / "README.md")]))
     steps = list(h.rag_chat("How do I install DeepSpeed?", [], 3, 0.0, *GEN, 5))
     chat, history, _, sources = steps[-1]
-    assert plain_markdown("README.md") in sources and "score" in sources
+    assert "<b>README.md</b>" in sources and "score" in sources
     assert "pip install deepspeed" in sources
     assert history == [["How do I install DeepSpeed?", "Install it with pip ."]]
     assert chat[-1]["metadata"]["title"].startswith("📚 Sources")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from contextlib import closing
 
+import html
 import logging
 import re
 import time
@@ -63,8 +64,11 @@ def format_scores(result: SearchResult) -> str:
 
 
 def format_sources(sources: Sequence[SearchResult], score_threshold: float | None = None, lang: str = "en") -> str:
-    """Markdown list (in ``lang``) of the chunks an answer used: number (as in the prompt),
-    file, page (PDFs), scores, snippet; or a "no relevant passage" line."""
+    """Markdown list (in ``lang``) of the chunks an answer used, or a "no relevant passage" line.
+
+    Each source is an HTML ``<details>`` block: its summary gives the number (as in the
+    prompt), the file, page (PDFs, slides) or sheet and rows, the scores and a snippet of
+    ``SNIPPET_CHARS`` characters; opening it shows the whole chunk."""
     if not sources:
         limit = t(lang, "no_relevant_limit", threshold=score_threshold) if score_threshold is not None else ""
         return t(lang, "no_relevant", limit=limit)
@@ -75,7 +79,8 @@ def format_sources(sources: Sequence[SearchResult], score_threshold: float | Non
         snippet = " ".join(r.chunk.text.split())
         if len(snippet) > SNIPPET_CHARS:
             snippet = snippet[:SNIPPET_CHARS] + "…"
-        lines.append(f"[{i}] **{plain_markdown(where)}** · {format_scores(r)}  \n> {plain_markdown(snippet)}\n")
+        lines.append(f"<details><summary>[{i}] <b>{html.escape(where)}</b> · {html.escape(format_scores(r))}"
+                     f"<br>{html.escape(snippet)}</summary>\n\n{plain_markdown(r.chunk.text.strip())}\n\n</details>\n")
     return "\n".join(lines)
 
 
