@@ -14,7 +14,7 @@ from llm.base import GenerationError, GenerationParams
 from llm.batching import BatchedHFChatModel
 from llm.demo import build_demo_model
 from llm.kv_budget import CPU_MAX_BATCH_TOKENS, PAGE_SIZE, kv_cache_budget
-from llm.loader import load_chat_model
+from llm.loader import load_chat_model, use_batching
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0)
 
@@ -156,3 +156,7 @@ def test_repetition_penalty_applies_as_with_generate(plain, batched):
     results = run_concurrently(batched, [(p, params) for p in prompts])
     assert ["".join(x for _, x in r) for r in results] == expected
 
+
+def test_auto_batching_is_on_on_cpu_and_gpu():
+    assert use_batching("auto", "cpu") and use_batching("auto", "cuda")
+    assert not use_batching("off", "cuda") and use_batching("on", "cpu")
