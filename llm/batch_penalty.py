@@ -12,7 +12,8 @@ multiplied if negative, once per token).
 
 Limit: the token ids travel beside the manager's static tensors, so CUDA graphs (which replay
 fixed tensors) and async batching (where the newest token is still on the GPU when the next
-batch is prepared) must be off while the penalty is on: :func:`install` says so.
+batch is prepared) must be off while the penalty is on (:func:`install` says so), and under
+``--compile`` the penalty runs outside the compiled graph.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ class BatchRepetitionPenalty(ContinuousBatchingLogitsProcessor):
                      for r in requests_with_new_token]
         return torch.tensor(penalties, dtype=torch.float32).view(dtype=torch.int32)
 
+    @torch.compiler.disable  # reads token ids set outside the (possibly compiled) forward: always run eagerly
     def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
         """Scores [rows, vocab] with each row's tokens penalised (as ``RepetitionPenaltyLogitsProcessor``)."""
         if self._ids is None:
