@@ -331,9 +331,10 @@ def load_chat_model(
 
 def use_batching(batching: str, device: str) -> bool:
     """Whether ``--batching`` (``on``/``off``/``auto``) serves with continuous batching on
-    ``device``: ``auto`` means on, on a GPU and on the CPU alike (measured faster at 1, 8 and 32
-    streams on a CPU: docs/benchmarks.md, 'Batching by default')."""
-    return batching == "on" or batching == "auto"
+    ``device``: ``auto`` means on with a CUDA GPU, off on the CPU, where one stream alone is
+    about half as fast batched (transformers' scheduler per step) and 8 streams give 1.9-2.6x
+    one stream, not the 3x that would pay for it (docs/benchmarks.md, 'Batching by default?')."""
+    return batching == "on" or (batching == "auto" and device.startswith("cuda"))
 
 
 def load_backend(settings: Any):
@@ -384,7 +385,7 @@ BACKEND = Backend(
     flags=(
         Flag("batching", dict(choices=["auto", "on", "off"], help=(
             "serve concurrent requests in shared forward passes (transformers' continuous batching); "
-            "auto = on (GPU and CPU; off serves one request at a time)"))),
+            "auto = on with a GPU, off on CPU"))),
         Flag("kv-cache-memory", dict(type=float, metavar="FRACTION",
                                      help="size the batched KV cache as this share (0-1] of the device's memory "
                                           "(free GPU memory; total RAM on CPU) instead of from --max-queue full "

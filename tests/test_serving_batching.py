@@ -157,6 +157,7 @@ def test_repetition_penalty_applies_as_with_generate(plain, batched):
     assert ["".join(x for _, x in r) for r in results] == expected
 
 
-def test_auto_batching_is_on_on_cpu_and_gpu():
-    assert use_batching("auto", "cpu") and use_batching("auto", "cuda")
+def test_auto_batching_is_on_with_a_gpu_and_off_on_cpu():
+    # measured (docs/benchmarks.md): one stream is about half as fast batched on this CPU
+    assert use_batching("auto", "cuda") and not use_batching("auto", "cpu")
     assert not use_batching("off", "cuda") and use_batching("on", "cpu")

@@ -27,7 +27,7 @@ def pai_stream(url: str, prompt: str, max_new_tokens: int) -> str:
 
 
 def test_sixteen_concurrent_streams_with_batching_each_get_their_own_answer(server):
-    srv = server("--max-new-tokens=16")  # --batching auto: on, on the CPU too
+    srv = server("--batching=on", "--max-new-tokens=16")
     srv.wait()
     assert "continuous batching on (KV cache: " in srv.output()
     prompts = [f"user {i} asks question {i}" for i in range(N)]
