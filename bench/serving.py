@@ -111,8 +111,10 @@ def start_server(path: str, args, max_users: int, batching: str) -> tuple[str, s
     log = tempfile.NamedTemporaryFile("w+", prefix="bench-server-", suffix=".log", delete=False)
     cmd = [sys.executable, str(root / "run.py"), "--api-only", "--model-path", path, "--port", str(port),
            "--knowledge-dir", tempfile.mkdtemp(prefix="bench-kb-"), "--batching", batching,
-           "--kv-cache-memory", str(args.kv_cache_memory), "--stream-interval-ms", str(args.stream_interval_ms),
+           "--stream-interval-ms", str(args.stream_interval_ms),
            "--max-queue", str(max(64, 2 * max_users)), "--max-new-tokens-limit", str(max(4096, args.new_tokens))]
+    if args.kv_cache_memory is not None:
+        cmd += ["--kv-cache-memory", str(args.kv_cache_memory)]
     if args.cpu:
         cmd.append("--cpu")
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT,
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batching", default="on",
                    help="the server's --batching: on, off, or several comma-separated (each served in turn, "
                         "side by side in the result's 'served_by_batching')")
-    p.add_argument("--kv-cache-memory", type=float, default=0.5)
+    p.add_argument("--kv-cache-memory", type=float, default=None,
+                   help="the server's --kv-cache-memory (default: not passed, the cache is sized from --max-queue)")
     p.add_argument("--users", default="1,8,32,64", help="concurrent streams, comma-separated")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=256)
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
     plain_generate(chat, messages, args.new_tokens, 1)  # warm-up
     one = plain_generate(chat, messages, args.new_tokens, 3)
     direct = direct_stream(chat, messages, params)
-    model = BatchedHFChatModel.wrap(chat, max_memory_percent=args.kv_cache_memory) if "on" in modes else chat
+    model = (BatchedHFChatModel.wrap(chat, max_memory_percent=args.kv_cache_memory,
+                                     max_sequences=max(64, 2 * max(users))) if "on" in modes else chat)
     try:
         direct_stream(model, messages, params)  # warm-up
         direct_model = max((direct_stream(model, messages, params) for _ in range(3)), key=lambda r: r["decode_tps"])
@@ -238,14 +242,18 @@ def main(argv: list[str] | None = None) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     by_mode = {}
+    load_before = os.getloadavg()
     for mode in modes:
         url, server = start_server(path, args, max(users), mode)
         try:
             asyncio.run(served(url, messages, args.new_tokens, 1))  # warm-up
             via_api_one = max((asyncio.run(served(url, messages, args.new_tokens, 1)) for _ in range(3)),
                               key=lambda r: r["decode_tps_per_stream_p50"])
-            by_mode[mode] = {"one_stream_best_of_3": via_api_one,
-                             "rows": [asyncio.run(served(url, messages, args.new_tokens, n)) for n in users]}
+            mode_rows = [asyncio.run(served(url, messages, args.new_tokens, n)) for n in users]
+            by_mode[mode] = {"one_stream_best_of_3": via_api_one, "rows": mode_rows,
+                             # total tok/s at N streams over one stream's, same server, same run
+                             "scaling": {str(r["users"]): r["total_tps"] / mode_rows[0]["total_tps"]
+                                         for r in mode_rows} if users[0] == 1 else None}
         finally:
             server.terminate()
             server.wait(30)
@@ -253,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "serving", "machine": machine(), "model": path, "device": device,
         "dtype": dtype, "batching": args.batching,
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "prompt_tokens": chat.count_prompt_tokens(messages), "new_tokens": args.new_tokens,
         "command": "python bench/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "plain_generate": {"decode_tps": percentile([r["decode_tps"] for r in one], 50),

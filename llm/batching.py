@@ -4,10 +4,12 @@ Plain ``model.generate`` serves one request at a time (:class:`~llm.hf.HFChatMod
 holds a lock).  :class:`BatchedHFChatModel` instead hands every request to
 transformers' continuous-batching manager (``model.init_continuous_batching``,
 transformers >= 5): a background loop that puts the running requests' next
-tokens into one forward pass per step, with a paged KV cache whose size is
-bounded by ``max_memory_percent``.  Each request keeps its own sampling
-parameters (the manager's per-request logits processors), its own stop
-strings and max_new_tokens, and streams its own tokens.
+tokens into one forward pass per step, with a paged KV cache sized from what the
+server needs (:mod:`llm.kv_budget`) or, when asked, from a share of the device's
+memory.  Each request keeps its own sampling parameters (the manager's
+per-request logits processors), its own stop strings and max_new_tokens, and
+streams its own tokens; the model's repetition penalty, which transformers'
+manager lacks, is added per request (:mod:`llm.batch_penalty`).
 
 Why the library and not a scheduler of ours: it streams per request
 (``streaming=True``), cancels per request, and takes per-request temperature,
@@ -26,8 +28,10 @@ from typing import Any, Iterator
 
 from transformers import GenerationConfig
 
+from llm import batch_penalty
 from llm.base import Generation, GenerationError, GenerationParams
 from llm.hf import HFChatModel, StopStrings, finish_reason_of
+from llm.kv_budget import KVBudget, device_memory, kv_cache_budget
 
 logger = logging.getLogger(__name__)
 
@@ -43,27 +47,38 @@ class BatchedHFChatModel(HFChatModel):
     Args:
         model, tokenizer, name, use_template, chat_template, is_demo, stream_timeout:
             as for :class:`HFChatModel`.
-        max_memory_percent: share (0-1] of the device's free memory the paged KV cache
-            may take (transformers' ``ContinuousBatchingConfig.max_memory_percent``).
-        max_batch_tokens: most tokens (prefill + decode) in one forward pass; None lets
-            transformers choose from the memory budget.
+        max_memory_percent: None (the default) sizes the paged KV cache from what the server
+            needs, ``max_sequences`` full contexts (:func:`llm.kv_budget.kv_cache_budget`);
+            a share (0-1] of the device's memory instead hands the sizing to transformers
+            (``ContinuousBatchingConfig.max_memory_percent``: of free GPU memory, or of the
+            total RAM on a CPU), as ``--kv-cache-memory`` asks.
+        max_sequences: requests that may run at once (``--max-queue``), for the budget.
+        max_batch_tokens: most tokens (prefill + decode) in one forward pass; None: 256 on
+            a CPU, transformers' 8192 on a GPU.
         compile_level: 0 (eager) to 3: transformers' default torch.compile configs for the
             prefill and decode paths (``--compile`` uses 1); higher = faster, longer warm-up.
 
     Greedy requests use top_k=1 (the most likely token, exactly greedy decoding);
-    ``top_k=0`` ("no top-k filter") becomes the vocabulary size.
+    ``top_k=0`` ("no top-k filter") becomes the vocabulary size.  The model's
+    ``generation_config.repetition_penalty`` (Qwen2.5: 1.05) applies to every request, as
+    with ``generate``; while it is on, CUDA graphs and async batching are off
+    (:mod:`llm.batch_penalty`).
+
+    Attributes:
+        kv_budget: the :class:`~llm.kv_budget.KVBudget` used, or None with ``max_memory_percent``.
 
     Raises:
         RuntimeError: when the manager cannot start (the loader then falls back to
             one-at-a-time generation).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_memory_percent: float = 0.5,
-                 max_batch_tokens: int | None = None, compile_level: int = 0, **kwargs: Any):
+    def __init__(self, model: Any, tokenizer: Any, *, max_memory_percent: float | None = None,
+                 max_sequences: int = 64, max_batch_tokens: int | None = None, compile_level: int = 0,
+                 **kwargs: Any):
         super().__init__(model, tokenizer, **kwargs)
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-        if not 0 < max_memory_percent <= 1:
+        if max_memory_percent is not None and not 0 < max_memory_percent <= 1:
             raise ValueError(f"max_memory_percent must be in (0, 1], got {max_memory_percent}")
         eos = getattr(model.generation_config, "eos_token_id", None)
         if eos is None:
@@ -71,16 +86,31 @@ class BatchedHFChatModel(HFChatModel):
         self._eos = eos
         # Start from the model's own generation_config (e.g. Qwen2.5's repetition_penalty 1.05), as generate does.
         config = GenerationConfig.from_dict(model.generation_config.to_dict())
-        if getattr(config, "repetition_penalty", None) not in (None, 1.0):
-            logger.warning("continuous batching has no repetition penalty: the model's repetition_penalty=%s "
-                           "is not applied (use --batching off to keep it)", config.repetition_penalty)
-            config.repetition_penalty = None
+        # transformers' manager would drop its own penalty processor: ours is installed below instead.
+        penalty = getattr(config, "repetition_penalty", None)
+        config.repetition_penalty = None
         config.update(**_BASE_SAMPLING, eos_token_id=eos,
                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
-        cb_config = ContinuousBatchingConfig(per_request_processors=True, max_memory_percent=max_memory_percent,
-                                             max_batch_tokens=max_batch_tokens, default_compile_level=compile_level)
-        self._vocab = int(model.config.get_text_config().vocab_size)
+        text_config = model.config.get_text_config()
+        self.kv_budget: KVBudget | None = None
+        if max_memory_percent is None:
+            self.kv_budget = kv_cache_budget(
+                text_config, model.dtype.itemsize, context_length=self.context_length, sequences=max_sequences,
+                device_type=model.device.type, memory_bytes=device_memory(model.device),
+                max_batch_tokens=max_batch_tokens,
+                needs_mask="flash" not in str(getattr(text_config, "_attn_implementation", "")))
+            sizing = dict(num_blocks=self.kv_budget.num_blocks, max_batch_tokens=self.kv_budget.max_batch_tokens,
+                          max_memory_percent=0.9)  # only transformers' footprint check reads the share then
+        else:
+            sizing = dict(max_memory_percent=max_memory_percent, max_batch_tokens=max_batch_tokens)
+        if penalty not in (None, 1.0):
+            sizing.update(use_cuda_graph=False, use_async_batching=False)
+        cb_config = ContinuousBatchingConfig(per_request_processors=True, default_compile_level=compile_level,
+                                             **sizing)
+        self._vocab = int(text_config.vocab_size)
         self._manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config)
+        if penalty not in (None, 1.0):
+            batch_penalty.install(self._manager, float(penalty))
         self._manager.start()
         self._queues: dict[str, queue.Queue] = {}
         self._queues_lock = threading.Lock()
@@ -94,7 +124,8 @@ class BatchedHFChatModel(HFChatModel):
 
         Args:
             chat: a loaded :class:`HFChatModel` (see :func:`llm.loader.load_chat_model`).
-            kwargs: ``max_memory_percent``, ``max_batch_tokens`` (see the class).
+            kwargs: ``max_memory_percent``, ``max_sequences``, ``max_batch_tokens``, ``compile_level``
+                (see the class).
         """
         return cls(chat.model, chat.tokenizer, name=chat.name, use_template=chat.use_template,
                    chat_template=chat.chat_template, is_demo=chat.is_demo, stream_timeout=chat.stream_timeout,

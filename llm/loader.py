@@ -331,8 +331,9 @@ def load_chat_model(
 
 def use_batching(batching: str, device: str) -> bool:
     """Whether ``--batching`` (``on``/``off``/``auto``) serves with continuous batching on
-    ``device``: ``auto`` means on with a CUDA GPU, off on the CPU (where one stream alone is
-    faster without it: docs/benchmarks.md, 'Serving')."""
+    ``device``: ``auto`` means on with a CUDA GPU, off on the CPU, where one stream alone is
+    about half as fast batched (transformers' scheduler per step) and 8 streams give 1.9-2.6x
+    one stream, not the 3x that would pay for it (docs/benchmarks.md, 'Batching by default?')."""
     return batching == "on" or (batching == "auto" and device.startswith("cuda"))
 
 
@@ -355,17 +356,23 @@ def load_backend(settings: Any):
 
     try:
         batched = BatchedHFChatModel.wrap(model, max_memory_percent=settings.kv_cache_memory,
-                                          max_batch_tokens=settings.max_batch_tokens,
+                                          max_sequences=settings.max_queue, max_batch_tokens=settings.max_batch_tokens,
                                           compile_level=1 if settings.compile else 0)
     except Exception:  # noqa: BLE001 - an unsupported model still serves, one request at a time
         logger.exception("continuous batching could not start; serving one request at a time")
         return model
-    logger.info("continuous batching on (KV cache up to %.0f%% of free memory)", 100 * settings.kv_cache_memory)
+    if batched.kv_budget is None:
+        logger.info("continuous batching on (KV cache: --kv-cache-memory %s of the device's memory)",
+                    settings.kv_cache_memory)
+    else:
+        budget = batched.kv_budget
+        logger.info("continuous batching on (KV cache: %d tokens, %.0f MiB%s)", budget.tokens, budget.bytes / 2**20,
+                    ", capped by the device: longer waits when busy" if budget.capped else "")
     return batched
 
 
 def _check_backend(settings: Any) -> list[str]:
-    if not 0 < settings.kv_cache_memory <= 1:
+    if settings.kv_cache_memory is not None and not 0 < settings.kv_cache_memory <= 1:
         return [f"--kv-cache-memory must be in (0, 1], got {settings.kv_cache_memory}"]
     return []
 
@@ -380,7 +387,9 @@ BACKEND = Backend(
             "serve concurrent requests in shared forward passes (transformers' continuous batching); "
             "auto = on with a GPU, off on CPU"))),
         Flag("kv-cache-memory", dict(type=float, metavar="FRACTION",
-                                     help="share (0-1] of the device's free memory the batched KV cache may use")),
+                                     help="size the batched KV cache as this share (0-1] of the device's memory "
+                                          "(free GPU memory; total RAM on CPU) instead of from --max-queue full "
+                                          "contexts (the default)")),
         Flag("max-batch-tokens", dict(type=int, help="most tokens in one batched forward pass")),
         Flag("compile", dict(action="store_true",
                              help="static KV cache + torch.compile (GPU; with --batching, transformers' compiled "

@@ -1,6 +1,8 @@
 """Continuous batching (llm.batching) on CPU with the tiny demo model: concurrent
 streams interleave, each gets its own answer, parameters are honoured per request,
-closing a stream cancels it, and a dead batching loop fails requests instead of hanging."""
+the model's repetition penalty is applied as ``generate`` applies it, the KV cache has the
+size the budget says, closing a stream cancels it, and a dead batching loop fails
+requests instead of hanging."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +13,8 @@ import pytest
 from llm.base import GenerationError, GenerationParams
 from llm.batching import BatchedHFChatModel
 from llm.demo import build_demo_model
-from llm.loader import load_chat_model
+from llm.kv_budget import CPU_MAX_BATCH_TOKENS, PAGE_SIZE, kv_cache_budget
+from llm.loader import load_chat_model, use_batching
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0)
 
@@ -23,7 +26,7 @@ def plain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batched(plain):
-    model = BatchedHFChatModel.wrap(plain, max_memory_percent=0.05)
+    model = BatchedHFChatModel.wrap(plain, max_sequences=4)
     yield model
     model.close()
 
@@ -91,7 +94,7 @@ def test_closing_a_stream_cancels_the_request(batched):
 
 
 def test_a_dead_batching_loop_fails_requests_instead_of_hanging(plain):
-    model = BatchedHFChatModel.wrap(plain, max_memory_percent=0.05)
+    model = BatchedHFChatModel.wrap(plain, max_sequences=1)
     model.stream_timeout = 20
     model._manager.stop(block=True, timeout=30)  # the loop is gone, as after a crash
     started = time.monotonic()
@@ -104,3 +107,57 @@ def test_a_dead_batching_loop_fails_requests_instead_of_hanging(plain):
 def test_bad_memory_share_is_refused(plain):
     with pytest.raises(ValueError, match="max_memory_percent"):
         BatchedHFChatModel.wrap(plain, max_memory_percent=1.5)
+
+
+def test_kv_budget_of_the_demo_model(plain):
+    config = plain.model.config.get_text_config()
+    # 2 layers x 2 KV heads x 16 dims x K and V x fp32 = 512 B, + the CPU mask row: 256 tokens x 4 B
+    assert (config.num_hidden_layers, config.num_key_value_heads, config.hidden_size // config.num_attention_heads,
+            plain.context_length) == (2, 2, 16, 4096)
+    per_token = 2 * 2 * 2 * 16 * 4 + CPU_MAX_BATCH_TOKENS * 4
+    budget = kv_cache_budget(config, 4, context_length=4096, sequences=4, device_type="cpu", memory_bytes=24 << 30)
+    assert (budget.bytes_per_token, budget.tokens, budget.num_blocks, budget.capped) == (per_token, 4 * 4096,
+                                                                                          4 * 4096 // PAGE_SIZE, False)
+    assert budget.max_batch_tokens == CPU_MAX_BATCH_TOKENS
+    # --max-queue 64: 64 full contexts would take 384 MiB; a CPU's ceiling is min(RAM / 16, 256 MiB)
+    big = kv_cache_budget(config, 4, context_length=4096, sequences=64, device_type="cpu", memory_bytes=24 << 30)
+    assert big.capped and big.tokens == 683 * PAGE_SIZE  # 256 MiB // 1,536 B = 174,762 tokens, in whole blocks
+    small_ram = kv_cache_budget(config, 4, context_length=4096, sequences=64, device_type="cpu",
+                                memory_bytes=1 << 30)
+    assert small_ram.tokens == 171 * PAGE_SIZE  # 1 GiB / 16 // 1,536 B = 43,690 tokens, in whole blocks
+    # never below one full context, however small the ceiling
+    tiny = kv_cache_budget(config, 4, context_length=4096, sequences=64, device_type="cpu", memory_bytes=1 << 20)
+    assert tiny.tokens == 4096
+    # a GPU with flash attention: no mask, half the free memory, transformers' own batch size
+    gpu = kv_cache_budget(config, 2, context_length=4096, sequences=8, device_type="cuda", memory_bytes=1 << 30,
+                          needs_mask=False)
+    assert (gpu.bytes_per_token, gpu.tokens, gpu.max_batch_tokens) == (256, 8 * 4096, None)
+
+
+def test_the_batching_loop_uses_the_budget(batched):
+    batched.chat(ask("hello"), GREEDY)  # the loop builds its cache on start; a request waits for it
+    cache = batched._manager.batch_processor.cache
+    assert cache.num_blocks == batched.kv_budget.num_blocks == 4 * 4096 // PAGE_SIZE
+    assert cache.max_batch_tokens == CPU_MAX_BATCH_TOKENS
+
+
+def test_repetition_penalty_applies_as_with_generate(plain, batched):
+    penalty = plain.model.generation_config.repetition_penalty
+    assert penalty == 1.05, "the demo model carries Qwen2.5's penalty"
+    prompts = [ask(f"tell me about {w} " * 3) for w in ("cats", "the sea", "numbers")]
+    params = GenerationParams(max_new_tokens=60, temperature=0)
+    expected = [plain.chat(p, params) for p in prompts]
+    plain.model.generation_config.repetition_penalty = 1.0
+    try:
+        unpenalised = [plain.chat(p, params) for p in prompts]
+    finally:
+        plain.model.generation_config.repetition_penalty = penalty
+    assert unpenalised != expected, "the penalty changes these greedy answers (else this test proves nothing)"
+    results = run_concurrently(batched, [(p, params) for p in prompts])
+    assert ["".join(x for _, x in r) for r in results] == expected
+
+
+def test_auto_batching_is_on_with_a_gpu_and_off_on_cpu():
+    # measured (docs/benchmarks.md): one stream is about half as fast batched on this CPU
+    assert use_batching("auto", "cuda") and not use_batching("auto", "cpu")
+    assert not use_batching("off", "cuda") and use_batching("on", "cpu")

@@ -26,7 +26,7 @@ def plain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batched(plain):
-    model = BatchedHFChatModel.wrap(plain, max_memory_percent=0.05)
+    model = BatchedHFChatModel.wrap(plain, max_sequences=4)
     yield model
     model.close()
 

@@ -47,7 +47,7 @@ class Settings:
     llm_api_key: str | None = None
     llm_model: str | None = None
     batching: str = "auto"
-    kv_cache_memory: float = 0.5
+    kv_cache_memory: float | None = None
     max_batch_tokens: int | None = None
     compile: bool = False
     cpu: bool = False
