@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import rag.cli as cli
+import rag.cli.common as cli_common
 
 try:  # tests/ is a package (tests/__init__.py); fall back to rootdir-relative import without it
     from tests.rag_fixtures import HashEmbedder
@@ -31,7 +32,7 @@ def run(monkeypatch, embedder):
         loaded.append(name)
         return HashEmbedder() if name == "hash" else embedder
 
-    monkeypatch.setattr(cli, "load_embedder", fake_load)
+    monkeypatch.setattr(cli_common, "load_embedder", fake_load)
 
     def _run(*argv):
         out = io.StringIO()

@@ -149,6 +149,7 @@ def test_migrate_to_milvus_and_back_without_re_embedding(tmp_path, corpus, embed
     same; the embedder is never called while moving."""
     pytest.importorskip("milvus_lite")
     import rag.cli as cli
+    import rag.cli.common as cli_common
     from rag.registry import KnowledgeBaseRegistry
 
     kdir = tmp_path / "knowledge"
@@ -157,7 +158,7 @@ def test_migrate_to_milvus_and_back_without_re_embedding(tmp_path, corpus, embed
     assert [r.status for r in kb.add_files([corpus / "deepspeed" / "README.md"])] == ["added"]
     before = [h.chunk.id for h in kb.search("How do I install DeepSpeed?", top_k=3, mode="hybrid")]
     total = len(kb)
-    monkeypatch.setattr(cli, "_embedder_for", lambda directory, requested: CountingEmbedder(embedder))
+    monkeypatch.setattr(cli_common, "embedder_for", lambda directory, requested: CountingEmbedder(embedder))
 
     def run(*args: str) -> tuple[int, str]:
         import io
@@ -167,7 +168,7 @@ def test_migrate_to_milvus_and_back_without_re_embedding(tmp_path, corpus, embed
 
     assert run("--to", "milvus") == (0, f"docs: {total} chunk(s) moved to milvus\n")
     assert CountingEmbedder.documents == 0, "no chunk was embedded again"
-    assert cli._recorded_store(kdir / "docs") == "milvus"
+    assert cli_common.recorded_store(kdir / "docs") == "milvus"
     on_milvus = KnowledgeBaseRegistry(kdir, embedder, vector_store="milvus").get("docs")
     assert len(on_milvus) == total and on_milvus._store.count() == total
     assert [h.chunk.id for h in on_milvus.search("How do I install DeepSpeed?", top_k=3, mode="hybrid")] == before
