@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import persistence as disk
+from .kb_sync import StoreSync
 from .keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens
 from .splitter import searchable_text
 from .stores import VectorStore
@@ -55,41 +56,15 @@ def recorded_embedding_model(directory: str | Path) -> tuple[str, int] | None:
         return None
 
 
-class KnowledgeBaseState:
+class KnowledgeBaseState(StoreSync):
     """Loading, committing and the write lifecycle of :class:`rag.store.KnowledgeBase`
-    (a mixin: the attributes are set by its ``__init__``)."""
+    (a mixin: the attributes are set by its ``__init__``); a backend that keeps its own
+    vectors is kept in step by :class:`rag.kb_sync.StoreSync`."""
 
     def _new_store(self, dim: int) -> VectorStore:
         if self._store_factory is None:
             return FaissVectorStore(dim, self._approximate_from)
         return self._store_factory(dim)
-
-    def _reconcile(self, store: VectorStore, file_data: list[dict], chunks: dict[int, Chunk]
-                   ) -> tuple[list[dict], dict[int, Chunk]]:
-        """Make a backend that keeps its own vectors agree with the saved state: rows no
-        saved chunk names (an upload killed before its commit) are deleted from the store;
-        a file with chunks missing from the store (killed mid-delete) is dropped."""
-        stored = set(store.ids().tolist())
-        extra = stored - set(chunks)
-        if extra:
-            logger.info("knowledge base %s: removing %d chunk(s) of an unfinished upload from %s",
-                        self._directory.name, len(extra), store.name)
-            store.delete(sorted(extra))
-        broken = {c.source for cid, c in chunks.items() if cid not in stored}
-        if broken:
-            logger.warning("knowledge base %s: %s lost chunks in %s (interrupted); removed, upload again",
-                           self._directory.name, ", ".join(sorted(broken)), store.name)
-            store.delete([cid for cid, c in chunks.items() if c.source in broken and cid in stored])
-            chunks = {cid: c for cid, c in chunks.items() if c.source not in broken}
-            file_data = [f for f in file_data if f["name"] not in broken]
-        return file_data, chunks
-
-    def drop_store(self) -> None:
-        """Remove what the vector store keeps outside the folder (a Milvus collection); the
-        registry calls it when the knowledge base is deleted."""
-        drop = getattr(self._store, "drop", None)
-        if drop is not None:
-            drop()
 
     def _manifest_stamp(self) -> tuple[int, int] | None:
         try:
@@ -170,6 +145,7 @@ class KnowledgeBaseState:
                         "(was %s, %s %s)", self._directory, self._chunk_size, self._chunk_overlap, self._chunk_unit,
                         *recorded_chunking)
         self._store = store
+        self._stale_ids = []  # the saved state names them again, if they were pending
         self._chunks = chunks
         self._keywords = self._load_keywords(gen_dir, chunks)
         self._files = {f["name"]: f for f in file_data}
@@ -276,6 +252,7 @@ class KnowledgeBaseState:
         })
         self._generation = gen_name
         self._stamp = self._manifest_stamp()
+        self._delete_stale()
         disk.remove_generations_except(self._directory, gen_name)
 
     def _manifest_generation(self) -> str | None:

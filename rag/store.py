@@ -2,8 +2,9 @@
 
 A :class:`KnowledgeBase` is a folder (its layout and crash safety in :mod:`rag.persistence`)
 and a vector store (:mod:`rag.stores`: FAISS in the folder, or Milvus). Its parts live in
-one module each: the on-disk state and write lifecycle (:mod:`rag.kb_state`), adding and
-deleting files (:mod:`rag.ingest`), search (:mod:`rag.retrieval`). Chunk text and metadata
+one module each: the on-disk state and write lifecycle (:mod:`rag.kb_state`), a Milvus store
+kept in step with it (:mod:`rag.kb_sync`), adding and deleting files (:mod:`rag.ingest`),
+search (:mod:`rag.retrieval`). Chunk text and metadata
 live beside the vectors in JSON, found by chunk id, and so do each chunk's BM25 tokens
 (:mod:`rag.keywords`).
 """
@@ -68,6 +69,7 @@ class KnowledgeBase(KnowledgeBaseState, Ingestion, Retrieval):
         self._stamp: tuple[int, int] | None = None  # the manifest's (inode, mtime_ns) when last read
         self._approximate_from = approximate_from
         self._store: VectorStore = self._new_store(embedder.dim)
+        self._stale_ids: list[int] = []  # rows to delete from a self-storing store after the next commit
         self._chunks: dict[int, Chunk] = {}
         self._keywords = KeywordIndex()
         self._files: dict[str, dict[str, Any]] = {}
