@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .server_utils import free_port
+from .server_utils import free_port, upload_deepspeed_docs
 
 pytest.importorskip("milvus_lite", reason="pip install milvus-lite (a dependency)")
 TESTS_DIR = Path(__file__).resolve().parent
@@ -51,15 +51,7 @@ def test_two_servers_on_one_milvus_see_each_others_uploads_and_deletes(server, m
     first, second = server(*flags), server(*flags)
     first.wait()
     second.wait()
-    files = [("files", (n, (corpus / "deepspeed" / n).read_bytes())) for n in ("README.md", "zero.md")]
-    r = httpx.post(first.url + "/v1/knowledge/manuals/files", files=files, timeout=600)
-    assert [f["status"] for f in r.json()["files"]] == ["added", "added"], r.text
-
-    ask = {"query": "How do I install DeepSpeed?", "top_k": 3, "score_threshold": -1}
-    hits = httpx.post(second.url + "/v1/knowledge/manuals/search", json=ask, timeout=60).json()["results"]
-    assert any("pip install deepspeed" in h["text"] for h in hits), hits
-    listed = {f["name"]: f["chunks"] for f in
-              httpx.get(second.url + "/v1/knowledge/manuals/files", timeout=30).json()["files"]}
+    listed = upload_deepspeed_docs(corpus, first.url, second.url)  # the second server finds the first's upload
     assert set(listed) == {"README.md", "zero.md"}
     client = MilvusClient(milvus_server)
     name = collection_name("kb", "manuals")

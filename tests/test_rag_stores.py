@@ -84,18 +84,14 @@ def test_server_on_milvus_answers_restarts_deletes_and_recovers_from_kill_9(serv
 
     import httpx
 
+    from .server_utils import INSTALL_QUESTION, upload_deepspeed_docs
+
     pytest.importorskip("milvus_lite")
     uri = str(tmp_path / "milvus.db")
     flags = ("--vector-store=milvus", f"--milvus-uri={uri}")
     srv = server(*flags)
     srv.wait()
-    files = [("files", (n, (corpus / "deepspeed" / n).read_bytes())) for n in ("README.md", "zero.md")]
-    r = httpx.post(srv.url + "/v1/knowledge/manuals/files", files=files, timeout=600)
-    assert [f["status"] for f in r.json()["files"]] == ["added", "added"], r.text
-    ask = {"query": "How do I install DeepSpeed?", "top_k": 3, "score_threshold": -1}
-    hits = httpx.post(srv.url + "/v1/knowledge/manuals/search", json=ask, timeout=60).json()["results"]
-    assert any("pip install deepspeed" in h["text"] for h in hits), hits
-    chunks = {f["name"]: f["chunks"] for f in httpx.get(srv.url + "/v1/knowledge/manuals/files", timeout=30).json()["files"]}
+    chunks = upload_deepspeed_docs(corpus, srv.url, srv.url)
     srv.stop()
 
     import subprocess
@@ -116,7 +112,7 @@ def test_server_on_milvus_answers_restarts_deletes_and_recovers_from_kill_9(serv
     assert entities() == sum(chunks.values())
     again = server(*flags)
     again.wait()
-    hits = httpx.post(again.url + "/v1/knowledge/manuals/search", json=ask, timeout=60).json()["results"]
+    hits = httpx.post(again.url + "/v1/knowledge/manuals/search", json=INSTALL_QUESTION, timeout=60).json()["results"]
     assert any("pip install deepspeed" in h["text"] for h in hits), "after a restart too"
     assert httpx.delete(again.url + "/v1/knowledge/manuals/files/zero.md", timeout=60).status_code == 200
     again.stop()
