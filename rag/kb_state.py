@@ -1,8 +1,8 @@
 """The state of a knowledge base on disk and in memory: loading a generation,
-committing a new one, reconciling a vector store that keeps its own vectors, and the
-lifecycle rules (one writer at a time across processes, loading what another process
-committed, never writing again once deleted). Mixed into :class:`rag.store.KnowledgeBase`;
-the layout and its crash safety are in :mod:`rag.persistence`."""
+committing a new one (a vector store that keeps its own vectors is kept in step by
+:mod:`rag.kb_sync`), and the lifecycle rules (one writer at a time across processes,
+loading what another process committed, never writing again once deleted). Mixed into
+:class:`rag.store.KnowledgeBase`; the layout and its crash safety are in :mod:`rag.persistence`."""
 from __future__ import annotations
 
 import logging

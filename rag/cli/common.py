@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
 from ..embeddings import EmbeddingLoadError, load_embedder
+from ..loaders import SUPPORTED_EXTENSIONS
 from ..persistence import safe_file_name
 from ..registry import (InvalidKnowledgeBaseName, KnowledgeBaseRegistry, UnknownKnowledgeBase, check_name,
                         knowledge_base_exists, knowledge_base_names)
-from ..loaders import SUPPORTED_EXTENSIONS
 from ..store import EmbeddingMismatchError, KnowledgeBaseCorruptError, recorded_embedding_model
 from ..types import FileReport
 

@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the first N questions (e.g. those a setting was tuned on)")
     s.add_argument("--articles", type=int, default=None, help="ingest only the first N articles")
     s.add_argument("--modes", default="hybrid,bm25,dense",
-                   help="comma-separated: hybrid (the server's), bm25, dense, hybrid+rerank, and the hybrid with another "
-                   "fusion: rrf, convex, convex-bound (default: %(default)s; hybrid+rerank is added when "
+                   help="comma-separated: hybrid (the server's), bm25, dense, hybrid+rerank, and the hybrid with "
+                   "another fusion: rrf, convex, convex-bound (default: %(default)s; hybrid+rerank is added when "
                    "--reranker-model is given)")
     s.add_argument("--dense-weights", default=None, metavar="W[,W...]",
                    help="dense weight(s) in [0, 1] of the convex fusions to measure (default: the built-in one)")

@@ -57,7 +57,8 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
                           chunk_overlap=args.chunk_overlap, chunk_unit=args.chunk_unit,
                           score_threshold=None if args.score_threshold < 0 else args.score_threshold,
                           unanswerable=unanswerable, foreign_docs=foreign, doc_names=args.doc_names,
-                          workdir=args.keep_kb, reuse=args.reuse_kb, skip=max(args.skip, 0), progress=not args.no_progress, **kwargs)
+                          workdir=args.keep_kb, reuse=args.reuse_kb, skip=max(args.skip, 0),
+                          progress=not args.no_progress, **kwargs)
     except (EvalFormatError, OSError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     print(format_report(report), file=out)
