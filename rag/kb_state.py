@@ -9,7 +9,7 @@ import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -21,12 +21,27 @@ from .stores import VectorStore
 from .stores.faiss import FaissVectorStore
 from .types import Chunk
 
+if TYPE_CHECKING:
+    from .embeddings import Embedder
+
 logger = logging.getLogger("rag.store")
 
 
 class EmbeddingMismatchError(ValueError):
     """A knowledge base was opened with an embedding model (name or dim) other
     than the one its vectors were made with; the message names both and the fix."""
+
+
+def embedding_mismatch(name: str, recorded_name: Any, recorded_dim: Any,
+                       embedder: "Embedder") -> EmbeddingMismatchError:
+    """The error for knowledge base ``name``, built with ``recorded_name`` (``recorded_dim``),
+    opened with ``embedder``: it names both models and the three fixes."""
+    return EmbeddingMismatchError(
+        f"knowledge base {name!r} was built with embedding model {recorded_name!r} (dim {recorded_dim}), but "
+        f"{embedder.name!r} (dim {embedder.dim}) is loaded. Start with --embedding-model {recorded_name}, "
+        f"or re-embed it with the loaded model: `python -m rag reindex --kb {name}` "
+        "(add --embedding-model NAME for another; it keeps the base's files), or use another "
+        "knowledge-base folder (or delete this one) and upload the documents again")
 
 
 class VectorStoreMismatchError(ValueError):
@@ -118,7 +133,7 @@ class KnowledgeBaseState(StoreSync):
             raise KnowledgeBaseCorruptError(
                 f"{gen_dir}: cannot read the knowledge base state ({type(exc).__name__}: {exc}); "
                 "restore the folder from a backup or move it away and re-upload the documents") from exc
-        if ids != set(chunks) or store.count() != len(chunks) or store.dim != manifest.get("dim"):
+        if ids != set(chunks) or store.count() != len(chunks) or (chunks and store.dim != manifest.get("dim")):
             raise KnowledgeBaseCorruptError(
                 f"{gen_dir}: the index ({store.count()} vectors of dim {store.dim}) does not match chunks.json "
                 f"({len(chunks)} chunks) and the manifest (dim {manifest.get('dim')}); "
@@ -127,13 +142,7 @@ class KnowledgeBaseState(StoreSync):
         recorded_name, recorded_dim = manifest.get("embedding_model"), manifest.get("dim")
         if (recorded_name, recorded_dim) != (self._embedder.name, self._embedder.dim):
             if chunks:
-                raise EmbeddingMismatchError(
-                    f"knowledge base {self._directory.name!r} was built with embedding model "
-                    f"{recorded_name!r} (dim {recorded_dim}), but {self._embedder.name!r} "
-                    f"(dim {self._embedder.dim}) is loaded. Start with --embedding-model {recorded_name}, "
-                    f"or re-embed it with the loaded model: `python -m rag reindex --kb {self._directory.name}` "
-                    "(add --embedding-model NAME for another; it keeps the base's files), or use another "
-                    "knowledge-base folder (or delete this one) and upload the documents again")
+                raise embedding_mismatch(self._directory.name, recorded_name, recorded_dim, self._embedder)
             logger.info("empty knowledge base at %s: switching its embedding model from %s to %s",
                         self._directory, recorded_name, self._embedder.name)
             store = self._new_store(self._embedder.dim) if backend == "faiss" else store
