@@ -97,7 +97,8 @@ def open_kb(args: argparse.Namespace, *, create: bool, embedder=None):
         registry = KnowledgeBaseRegistry(root, embedder, chunk_size=getattr(args, "chunk_size", None),
                                          chunk_overlap=getattr(args, "chunk_overlap", None),
                                          chunk_unit=getattr(args, "chunk_unit", None), vector_store=backend,
-                                         milvus_uri=getattr(args, "milvus_uri", None))
+                                         milvus_uri=getattr(args, "milvus_uri", None),
+                                         milvus_token=getattr(args, "milvus_token", None))
         return registry.get(name, create=create)
     except (InvalidKnowledgeBaseName, UnknownKnowledgeBase, EmbeddingMismatchError,
             KnowledgeBaseCorruptError, ValueError) as exc:

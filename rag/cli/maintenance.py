@@ -28,7 +28,8 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
         uri = args.milvus_uri or str(root / "milvus.db")
 
         def factory(dim: int):
-            return make_store("milvus", uri=uri, collection=collection_name("kb", kb.directory.name), dim=dim)
+            return make_store("milvus", uri=uri, collection=collection_name("kb", kb.directory.name), dim=dim,
+                              token=args.milvus_token)
     else:
         factory = None
     target = factory(kb._store.dim) if factory else make_store("faiss", dim=kb._store.dim)

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the vectors live (default: what the knowledge base records; faiss for a new one)")
     common.add_argument("--milvus-uri", default=None, metavar="URI",
                         help="Milvus Lite file or http(s)://host:19530 (default: <knowledge-dir>/milvus.db)")
+    common.add_argument("--milvus-token", default=None, metavar="TOKEN",
+                        help="Milvus credentials (user:password or API key), as the server's")
     common.add_argument("--log-level", default="WARNING", type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log messages shown on stderr")
     kb_flag = argparse.ArgumentParser(add_help=False)
@@ -106,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files (or folders) of other documents: the first 100 questions are asked of a base of "
                    "them, and the share left with no passage reported")
     s.add_argument("--reuse-kb", action="store_true",
-                   help="with --keep-kb DIR, reuse the knowledge base already built there")
+                   help="with --keep-kb DIR, reuse the knowledge base already built there (on the vector store it "
+                   "records, e.g. milvus after `python -m rag migrate`)")
     s.add_argument("--reranker-model", default=None, metavar="NAME", help="cross-encoder for hybrid+rerank")
     s.add_argument("--doc-names", choices=["title", "id"], default="title",
                    help="name each article's document after its title or its id (default: %(default)s)")

@@ -58,7 +58,9 @@ def cmd_eval(args: argparse.Namespace, out: TextIO) -> int:
                           score_threshold=None if args.score_threshold < 0 else args.score_threshold,
                           unanswerable=unanswerable, foreign_docs=foreign, doc_names=args.doc_names,
                           workdir=args.keep_kb, reuse=args.reuse_kb, skip=max(args.skip, 0),
-                          progress=not args.no_progress, **kwargs)
+                          progress=not args.no_progress, vector_store=args.vector_store or (
+                              common.recorded_store(args.keep_kb) if args.reuse_kb and args.keep_kb else "faiss"),
+                          milvus_uri=args.milvus_uri, milvus_token=args.milvus_token, **kwargs)
     except (EvalFormatError, OSError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     print(format_report(report), file=out)

@@ -41,6 +41,20 @@ class _PrecomputedQueries:
         return vector if vector is not None else self.embedder.embed_query(text)
 
 
+def _store_factory(backend: str, directory: Path, milvus_uri: str | None, token: str | None = None):
+    """How the knowledge base in ``directory`` makes its vector store (None: FAISS); for
+    Milvus, collection ``kb_<folder name>`` in ``milvus_uri`` (default ``milvus.db`` beside
+    the folder), as :class:`rag.registry.KnowledgeBaseRegistry` and ``rag migrate`` name it."""
+    if backend == "faiss":
+        return None
+    from ..stores import make_store
+    from ..stores.milvus import collection_name
+
+    uri = milvus_uri or str(directory.parent / "milvus.db")
+    return lambda dim: make_store("milvus", uri=uri, collection=collection_name("kb", directory.name), dim=dim,
+                                  token=token)
+
+
 def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = ("dense", "bm25", "hybrid"),
              reranker: "Reranker | None" = None, reranker_name: str | None = None,
              dense_weights: Sequence[float] = (DEFAULT_DENSE_WEIGHT,), limit: int | None = None,
@@ -48,7 +62,8 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
              chunk_unit: str | None = None, score_threshold: float | None = DEFAULT_SCORE_THRESHOLD,
              unanswerable: Sequence[str] = (), foreign_docs: Sequence[str | Path] = (), foreign_limit: int = 100,
              doc_names: str = "title", workdir: str | Path | None = None, reuse: bool = False, skip: int = 0,
-             commit_every: int = 100, progress: bool = False) -> EvalReport:
+             commit_every: int = 100, progress: bool = False, vector_store: str = "faiss",
+             milvus_uri: str | None = None, milvus_token: str | None = None) -> EvalReport:
     """Ingest a SQuAD file's articles into a fresh knowledge base and evaluate retrieval.
 
     Args:
@@ -75,19 +90,29 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
             earlier run with the same articles and embedder) instead of ingesting.
         commit_every: files added between two saves (see :meth:`KnowledgeBase.add_files`).
         progress: show tqdm progress bars on stderr.
+        vector_store: where the vectors live, "faiss" or "milvus" (:data:`rag.stores.BACKENDS`).
+        milvus_uri: for "milvus", a Milvus Lite file or ``http(s)://host:19530``; default
+            ``milvus.db`` beside the knowledge base's folder, as the server's default
+            (``<knowledge-dir>/milvus.db``), so a base moved there by ``python -m rag migrate``
+            is found with ``workdir`` and ``reuse``. The collection is named after the folder.
+        milvus_token: Milvus credentials, if the server wants them.
 
     Returns:
         The :class:`EvalReport`.
 
     Raises:
         EvalFormatError, FileNotFoundError: see :func:`load_squad`.
-        ValueError: unknown mode, limit/max_articles < 1, or a folder ``workdir`` that already
-            holds files (without ``reuse``).
+        ValueError: unknown mode or vector store, limit/max_articles < 1, or a folder ``workdir``
+            that already holds files (without ``reuse``).
+        rag.store.VectorStoreMismatchError: with ``reuse``, the base was built on the other store.
     """
     from tqdm import tqdm
 
     from ..store import KnowledgeBase
+    from ..stores import BACKENDS
 
+    if vector_store not in BACKENDS:
+        raise ValueError(f"unknown vector store {vector_store!r}: use one of {', '.join(BACKENDS)}")
     for m in modes:
         if m not in EVAL_MODES:
             raise ValueError(f"unknown eval mode {m!r}: use one of {', '.join(EVAL_MODES)}")
@@ -118,8 +143,8 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
         else:
             kb_dir = Path(tmp) / "kb"
         cached = _PrecomputedQueries(embedder)
-        kb = KnowledgeBase.open(kb_dir, cached, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                                chunk_unit=chunk_unit)
+        kb = KnowledgeBase.open(kb_dir, cached, chunk_size=chunk_size, chunk_overlap=chunk_overlap, chunk_unit=chunk_unit,
+                                store_factory=_store_factory(vector_store, kb_dir, milvus_uri, milvus_token))
         bar = tqdm(total=len(paths), desc="ingesting articles", unit="doc", disable=not progress)
         start = time.perf_counter()
 
@@ -133,8 +158,10 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
         ingest_s = time.perf_counter() - start
         foreign_kb = None
         if foreign_docs:
-            foreign_kb = KnowledgeBase.open(Path(tmp) / "foreign", cached, chunk_size=chunk_size,
-                                            chunk_overlap=chunk_overlap, chunk_unit=chunk_unit)
+            foreign_dir = Path(tmp) / "foreign"
+            foreign_store = _store_factory(vector_store, foreign_dir, milvus_uri, milvus_token)
+            foreign_kb = KnowledgeBase.open(foreign_dir, cached, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+                                            chunk_unit=chunk_unit, store_factory=foreign_store)
             foreign_kb.add_files(list(foreign_docs))
         foreign_questions = [q.text for q in questions[:foreign_limit]] if foreign_kb is not None else []
         qbar = tqdm(total=len(questions) + len(unanswerable), desc="embedding questions", unit="q",
@@ -146,6 +173,7 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
         qbar.close()
         embed_ms = 1000 * (time.perf_counter() - start) / max(len(questions) + len(unanswerable), 1)
         report = EvalReport(source=str(path), articles=len(articles), chunks=len(kb), questions=len(questions),
+                            vector_store=vector_store,
                             embedding_model=embedder.name, chunk_size=kb._chunk_size, chunk_overlap=kb._chunk_overlap,
                             chunk_unit=kb._chunk_unit, score_threshold=score_threshold, ingest_s=ingest_s,
                             embed_query_ms=embed_ms, unanswerable=len(unanswerable),
