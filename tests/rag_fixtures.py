@@ -86,6 +86,13 @@ class Memoized:
 
 
 @functools.lru_cache(maxsize=1)
+def memoized_bundled_embedder() -> Memoized:
+    """:func:`bundled_embedder` behind one session-wide :class:`Memoized`: the tests that run on
+    both vector stores embed each document once."""
+    return Memoized(bundled_embedder())
+
+
+@functools.lru_cache(maxsize=1)
 def memoized_offline_embedder() -> Memoized:
     """:func:`offline_embedder` behind one session-wide :class:`Memoized`."""
     return Memoized(offline_embedder())

@@ -44,9 +44,12 @@ def client(make_client):
 
 
 @pytest.fixture
-def kb_client(tmp_path, embedder, vector_store):
-    """A client whose knowledge bases live on each vector store in turn."""
-    return client_factory(tmp_path, embedder, vector_store.name)()
+def kb_client(tmp_path, vector_store):
+    """A client whose knowledge bases live on each vector store in turn (the bundled model,
+    each document embedded once for both)."""
+    from .rag_fixtures import memoized_bundled_embedder
+
+    return client_factory(tmp_path, memoized_bundled_embedder(), vector_store.name)()
 
 
 def model_of(client: TestClient) -> FakeChatModel:

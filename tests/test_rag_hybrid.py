@@ -17,9 +17,9 @@ from rag.fusion import convex_combination, reciprocal_rank_fusion
 from rag.keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens, tokenize
 
 try:  # tests/ is a package (tests/__init__.py); fall back to rootdir-relative import without it
-    from tests.rag_fixtures import HashEmbedder
+    from tests.rag_fixtures import HashEmbedder, memoized_bundled_embedder
 except ImportError:  # pragma: no cover
-    from rag_fixtures import HashEmbedder
+    from rag_fixtures import HashEmbedder, memoized_bundled_embedder
 
 
 # ------------------------------------------------------------- tokenizer
@@ -84,8 +84,8 @@ def test_reciprocal_rank_fusion():
 
 
 @pytest.fixture(scope="module")
-def docs_kb(tmp_path_factory, corpus, embedder, vector_store):
-    kb = vector_store.open(tmp_path_factory.mktemp("hybrid") / "kb", embedder)
+def docs_kb(tmp_path_factory, corpus, vector_store):
+    kb = vector_store.open(tmp_path_factory.mktemp("hybrid") / "kb", memoized_bundled_embedder())
     reports = kb.add_files([corpus / "deepspeed" / "advanced-install.md", corpus / "deepspeed" / "getting-started.md"])
     assert [r.status for r in reports] == ["added", "added"]
     return kb

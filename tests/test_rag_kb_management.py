@@ -21,9 +21,9 @@ from webui.ui import PageHandlers, build_blocks
 from .conftest import FakeChatModel
 
 try:  # tests/ is a package (tests/__init__.py); fall back to rootdir-relative import without it
-    from tests.rag_fixtures import HashEmbedder
+    from tests.rag_fixtures import HashEmbedder, memoized_bundled_embedder
 except ImportError:  # pragma: no cover
-    from rag_fixtures import HashEmbedder
+    from rag_fixtures import HashEmbedder, memoized_bundled_embedder
 
 GEN = ("You are terse.", 32, 0.7, 20, 0.8)
 
@@ -34,9 +34,10 @@ def make_handlers(registry: KnowledgeBaseRegistry) -> PageHandlers:
 
 
 @pytest.fixture
-def handlers(tmp_path, embedder, vector_store):
-    """The page's handlers over a registry on each vector store."""
-    return make_handlers(vector_store.registry(tmp_path / "knowledge", embedder))
+def handlers(tmp_path, vector_store):
+    """The page's handlers over a registry on each vector store (the bundled model, each
+    document embedded once for both)."""
+    return make_handlers(vector_store.registry(tmp_path / "knowledge", memoized_bundled_embedder()))
 
 
 @pytest.fixture
