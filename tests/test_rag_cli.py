@@ -165,6 +165,7 @@ def test_eval_on_milvus_reuses_a_base_migrated_there_and_finds_the_same(run, tmp
         reports.append(json.loads(out_json.read_text(encoding="utf-8")))
     faiss, milvus = reports
     assert milvus["vector_store"] == "milvus" and milvus["chunks"] == faiss["chunks"] >= 2
+    assert milvus["reused"] and not faiss["reused"], "the Milvus run embedded no document"
     assert json.loads((kb / "manifest.json").read_text(encoding="utf-8"))["vector_store"] == "milvus"
     for a, b in zip(faiss["results"], milvus["results"]):
         assert (b["mode"], b["hit1"], b["hit5"]) == (a["mode"], a["hit1"], a["hit5"])

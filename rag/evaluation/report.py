@@ -55,6 +55,7 @@ class EvalReport:
     ingest_s: float
     chunk_unit: str = "tokens"
     vector_store: str = "faiss"
+    reused: bool = False
     score_threshold: float | None = None
     unanswerable: int = 0
     foreign_chunks: int = 0
@@ -82,7 +83,8 @@ def format_report(report: EvalReport) -> str:
         f"(chunk_size {report.chunk_size}, overlap {report.chunk_overlap} {report.chunk_unit}), "
         f"{report.questions} questions; embedding model {report.embedding_model}; vector store "
         f"{report.vector_store}; score threshold {threshold}.",
-        f"Ingestion: {report.ingest_s:.1f} s ({report.articles / max(report.ingest_s, 1e-9):.1f} documents/s)"
+        ("Ingestion: none (the knowledge base kept by an earlier run was reused)" if report.reused else
+         f"Ingestion: {report.ingest_s:.1f} s ({report.articles / max(report.ingest_s, 1e-9):.1f} documents/s)")
         + (f"; refused: {len(report.ingest_refused)}" if report.ingest_refused else "")
         + f". Embedding a question: {report.embed_query_ms:.1f} ms (once, shared by the modes).",
         f"Refusals: {report.unanswerable} questions the documents cannot answer; the first questions asked of a "

@@ -152,7 +152,8 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
             bar.update(i - bar.n)
             bar.set_postfix_str(name[:30])
 
-        reports = [] if reuse and len(kb) else kb.add_files(paths, progress=on_file, commit_every=commit_every)
+        reused = bool(reuse and len(kb))
+        reports = [] if reused else kb.add_files(paths, progress=on_file, commit_every=commit_every)
         bar.update(len(paths) - bar.n)
         bar.close()
         ingest_s = time.perf_counter() - start
@@ -173,7 +174,7 @@ def run_eval(path: str | Path, embedder: "Embedder", *, modes: Sequence[str] = (
         qbar.close()
         embed_ms = 1000 * (time.perf_counter() - start) / max(len(questions) + len(unanswerable), 1)
         report = EvalReport(source=str(path), articles=len(articles), chunks=len(kb), questions=len(questions),
-                            vector_store=vector_store,
+                            vector_store=vector_store, reused=reused,
                             embedding_model=embedder.name, chunk_size=kb._chunk_size, chunk_overlap=kb._chunk_overlap,
                             chunk_unit=kb._chunk_unit, score_threshold=score_threshold, ingest_s=ingest_s,
                             embed_query_ms=embed_ms, unanswerable=len(unanswerable),
