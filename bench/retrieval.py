@@ -26,7 +26,7 @@ Two levels are measured at each size (default 1k, 10k, 100k chunks):
   ingestion chunks/s, then ``KnowledgeBase.search`` latency p50/p95 in ``dense`` and
   ``hybrid`` mode, top_k 3, with the index type the knowledge base picks for its size; on
   each vector store of ``--vector-store`` in turn (``faiss,milvus``: FAISS and Milvus Lite,
-  side by side, same chunks and queries).
+  side by side, same chunks and queries; bench/retrieval_kb.py).
 
 Full run:   python bench/retrieval.py --out retrieval.json
 FAISS against Milvus Lite, knowledge-base level only:
@@ -52,6 +52,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from bench.common import machine, package_versions, percentile, write_result  # noqa: E402
+from bench.retrieval_kb import measure_kb  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 NOISE_SIGMA = 0.02
@@ -213,51 +214,6 @@ def measure_faiss(vectors: np.ndarray, embedder, queries: list[str], k: int, hns
                      "search_p50_ms": percentile(search_only, 50), "search_p95_ms": percentile(search_only, 95),
                      f"recall@{k}": float(recall)})
     return rows
-
-
-# -------------------------------------------------------- knowledge base
-
-def measure_kb(texts: list[str], embedder, queries: list[str], workdir: Path, warmup: int,
-               vector_store: str = "faiss", modes: Sequence[str] = ("dense", "hybrid")) -> dict[str, Any]:
-    """Ingest ``texts`` (one paragraph per chunk) through ``add_files`` into a knowledge base on
-    ``vector_store`` ("faiss", or "milvus": Milvus Lite in a file of ``workdir``); ingestion
-    seconds and chunks/s, search latency p50/p95 (ms) per mode of ``modes``."""
-    from rag.store import KnowledgeBase
-
-    folder = Path(tempfile.mkdtemp(dir=workdir))
-    files = []
-    per_file = 5000
-    for start in range(0, len(texts), per_file):
-        path = folder.parent / f"{folder.name}-part{start // per_file:04d}.txt"
-        path.write_text("\n\n".join(texts[start:start + per_file]), encoding="utf-8")
-        files.append(path)
-    factory = None
-    if vector_store == "milvus":
-        from rag.stores import make_store
-
-        def factory(dim: int):
-            return make_store("milvus", uri=str(folder / "milvus.db"), collection="kb_bench", dim=dim)
-    start = time.perf_counter()
-    kb = KnowledgeBase.open(folder / "kb", embedder, chunk_size=500, chunk_overlap=50, chunk_unit="chars",
-                            store_factory=factory)  # one paragraph a chunk
-    reports = kb.add_files(files, commit_every=len(files))
-    ingest = time.perf_counter() - start
-    bad = [r.reason for r in reports if r.status != "added"]
-    if bad:
-        raise RuntimeError(f"ingestion failed: {bad}")
-    row: dict[str, Any] = {"vector_store": vector_store, "chunks": len(kb), "ingest_s": ingest,
-                           "chunks_per_s": len(kb) / ingest, "index": kb.index_description}
-    for mode in modes:
-        for q in queries[:warmup]:
-            kb.search(q, top_k=3, mode=mode)
-        times = []
-        for q in queries:
-            t0 = time.perf_counter()
-            kb.search(q, top_k=3, mode=mode)
-            times.append((time.perf_counter() - t0) * 1000)
-        row[mode] = {"p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95)}
-    kb._store.close()
-    return row
 
 
 # ------------------------------------------------------------------ main
