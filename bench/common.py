@@ -47,6 +47,19 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def package_versions(names: list[str]) -> dict[str, str]:
+    """The installed version of each distribution in ``names`` ("not installed" when missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0-100) by linear interpolation; NaN for no values."""
     if not values:

@@ -22,17 +22,22 @@ Two levels are measured at each size (default 1k, 10k, 100k chunks):
   embedding + search and of the search alone (one query at a time, as a server does), and
   recall@10 against flat;
 * **knowledge base**: the same chunks ingested through ``KnowledgeBase.add_files`` (with an
-  embedder whose documents get the synthetic vectors and whose queries the real model),
-  then ``KnowledgeBase.search`` latency p50/p95 in ``dense`` and ``hybrid`` mode, top_k 3,
-  with the index type the knowledge base picks for its size.
+  embedder whose documents get the synthetic vectors and whose queries the real model):
+  ingestion chunks/s, then ``KnowledgeBase.search`` latency p50/p95 in ``dense`` and
+  ``hybrid`` mode, top_k 3, with the index type the knowledge base picks for its size; on
+  each vector store of ``--vector-store`` in turn (``faiss,milvus``: FAISS and Milvus Lite,
+  side by side, same chunks and queries; bench/retrieval_kb.py).
 
 Full run:   python bench/retrieval.py --out retrieval.json
+FAISS against Milvus Lite, knowledge-base level only:
+            python bench/retrieval.py --kb-only --vector-store faiss,milvus --sizes 10000,100000
 CI smoke:   python bench/retrieval.py --smoke
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import random
 import re
 import sys
@@ -46,7 +51,8 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench.common import machine, percentile, write_result  # noqa: E402
+from bench.common import machine, package_versions, percentile, write_result  # noqa: E402
+from bench.retrieval_kb import measure_kb  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 NOISE_SIGMA = 0.02
@@ -210,39 +216,6 @@ def measure_faiss(vectors: np.ndarray, embedder, queries: list[str], k: int, hns
     return rows
 
 
-# -------------------------------------------------------- knowledge base
-
-def measure_kb(texts: list[str], embedder, queries: list[str], workdir: Path, warmup: int) -> dict[str, Any]:
-    """Ingest ``texts`` (one paragraph per chunk) through ``add_files``; search latency per mode."""
-    from rag.store import KnowledgeBase
-
-    folder = Path(tempfile.mkdtemp(dir=workdir))
-    files = []
-    per_file = 5000
-    for start in range(0, len(texts), per_file):
-        path = folder.parent / f"{folder.name}-part{start // per_file:04d}.txt"
-        path.write_text("\n\n".join(texts[start:start + per_file]), encoding="utf-8")
-        files.append(path)
-    start = time.perf_counter()
-    kb = KnowledgeBase.open(folder / "kb", embedder, chunk_size=500, chunk_overlap=50, chunk_unit="chars")  # one paragraph a chunk
-    reports = kb.add_files(files, commit_every=len(files))
-    ingest = time.perf_counter() - start
-    bad = [r.reason for r in reports if r.status != "added"]
-    if bad:
-        raise RuntimeError(f"ingestion failed: {bad}")
-    row: dict[str, Any] = {"chunks": len(kb), "ingest_s": ingest, "index": kb.index_description}
-    for mode in ("dense", "hybrid"):
-        for q in queries[:warmup]:
-            kb.search(q, top_k=3, mode=mode)
-        times = []
-        for q in queries:
-            t0 = time.perf_counter()
-            kb.search(q, top_k=3, mode=mode)
-            times.append((time.perf_counter() - t0) * 1000)
-        row[mode] = {"p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95)}
-    return row
-
-
 # ------------------------------------------------------------------ main
 
 def main(argv: list[str] | None = None) -> dict:
@@ -254,6 +227,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--hnsw-ef", default="16,64,128", help="HNSW efSearch values")
     p.add_argument("--ivf-nprobe", default="8,16,32", help="IVF nprobe values")
     p.add_argument("--no-kb", action="store_true", help="FAISS level only (skip the knowledge-base level)")
+    p.add_argument("--kb-only", action="store_true", help="knowledge-base level only (skip the FAISS index variants)")
+    p.add_argument("--vector-store", default="faiss", metavar="NAME[,NAME]",
+                   help="vector stores of the knowledge-base level, measured in turn at each size: faiss, milvus "
+                   "(Milvus Lite in a temporary file) (default: %(default)s)")
+    p.add_argument("--kb-modes", default="dense,hybrid", help="retrieval modes timed at the knowledge-base level")
     p.add_argument("--faiss-threads", type=int, default=None,
                    help="OpenMP threads of FAISS (default: its own, one per core); 1 shows what one-query "
                         "searches cost without OpenMP's thread hand-off on a busy machine")
@@ -264,6 +242,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.smoke:
         args.sizes, args.queries, args.hnsw_ef, args.ivf_nprobe = "100,500", 5, "16", "8"
+    stores = [v.strip() for v in args.vector_store.split(",") if v.strip()]
+    unknown = [v for v in stores if v not in ("faiss", "milvus")]
+    if unknown or not stores:
+        p.error(f"--vector-store: {', '.join(unknown) or 'none given'}; use faiss, milvus or faiss,milvus")
     if not (args.corpus / "deepspeed").is_dir():
         p.error(f"{args.corpus}: no corpus there; it lives in ../shared/corpus (see its README.md)")
     import logging
@@ -292,21 +274,40 @@ def main(argv: list[str] | None = None) -> dict:
         real.embed_query(q)
         embed_times.append((time.perf_counter() - t0) * 1000)
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = []
+    rows: list[dict[str, Any]] = []
+
+    def result_of(rows):
+        return _result(args, argv, real, pool, queries, embed_times, stores, rows)
+
     with tempfile.TemporaryDirectory() as workdir:
         for n in sizes:
             texts = synthetic_texts(sentences, n, args.seed)
             vectors = synthetic_vectors(texts, pool)
-            row: dict[str, Any] = {"chunks": n, "faiss": measure_faiss(
-                vectors, real, queries, args.k, [int(x) for x in args.hnsw_ef.split(",")],
-                [int(x) for x in args.ivf_nprobe.split(",")], warmup)}
+            row: dict[str, Any] = {"chunks": n}
+            if not args.kb_only:
+                row["faiss"] = measure_faiss(vectors, real, queries, args.k, [int(x) for x in args.hnsw_ef.split(",")],
+                                             [int(x) for x in args.ivf_nprobe.split(",")], warmup)
             if not args.no_kb:
-                row["knowledge_base"] = measure_kb(texts, embedder, queries, Path(workdir), warmup)
+                row["knowledge_base"] = {store: measure_kb(texts, embedder, queries, Path(workdir), warmup, store,
+                                                           args.kb_modes.split(",")) for store in stores}
             rows.append(row)
             print(f"{n} chunks done", file=sys.stderr, flush=True)
-    result = {
+            if args.out and n != sizes[-1]:  # what a long run has measured so far
+                Path(args.out).write_text(json.dumps(result_of(rows), indent=2, ensure_ascii=False) + "\n",
+                                          encoding="utf-8")
+    result = result_of(rows)
+    write_result(args.out, result)
+    return result
+
+
+def _result(args, argv, real, pool, queries, embed_times, stores, rows) -> dict[str, Any]:
+    """The JSON result of a run (``rows``: the sizes measured so far)."""
+    import faiss
+
+    return {
         "benchmark": "retrieval", "machine": machine(), "faiss": faiss.__version__, "model": real.name,
-        "faiss_threads": faiss.omp_get_max_threads(), "device": args.device,
+        "faiss_threads": faiss.omp_get_max_threads(), "device": args.device, "vector_stores": stores,
+        "versions": package_versions(["faiss-cpu"] + (["pymilvus", "milvus-lite"] if "milvus" in stores else [])),
         "command": "python bench/retrieval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "method": (f"pool of {len(pool)} real MiniLM vectors of corpus chunks; chunk texts = random corpus "
                    f"sentences joined to 260-480 chars; chunk vector = normalise(pool[a] + 0.5 pool[b] + "
@@ -316,8 +317,6 @@ def main(argv: list[str] | None = None) -> dict:
         "query_embedding_ms": {"p50": percentile(embed_times, 50), "p95": percentile(embed_times, 95)},
         "sizes": rows,
     }
-    write_result(args.out, result)
-    return result
 
 
 if __name__ == "__main__":

@@ -318,10 +318,10 @@ class Ingestion:
                 and (self._directory / disk.FILES_DIR / key).is_file())
 
     def _remove_chunks_of(self, key: str) -> int:
-        """Drop a file's chunks from memory (not from disk); returns how many."""
+        """Drop a file's chunks from memory, not from disk (see :mod:`rag.kb_sync`); returns how many."""
         ids = [cid for cid, c in self._chunks.items() if c.source == key]
         if ids:
-            self._store.delete(ids)
+            self._forget_vectors(ids)
             for cid in ids:
                 del self._chunks[cid]
             self._keywords.remove(ids)

@@ -1,24 +1,28 @@
 """The state of a knowledge base on disk and in memory: loading a generation,
-committing a new one, reconciling a vector store that keeps its own vectors, and the
-lifecycle rules (one writer at a time across processes, loading what another process
-committed, never writing again once deleted). Mixed into :class:`rag.store.KnowledgeBase`;
-the layout and its crash safety are in :mod:`rag.persistence`."""
+committing a new one (a vector store that keeps its own vectors is kept in step by
+:mod:`rag.kb_sync`), and the lifecycle rules (one writer at a time across processes,
+loading what another process committed, never writing again once deleted). Mixed into
+:class:`rag.store.KnowledgeBase`; the layout and its crash safety are in :mod:`rag.persistence`."""
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from . import persistence as disk
+from .kb_sync import StoreSync
 from .keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens
 from .splitter import searchable_text
 from .stores import VectorStore
 from .stores.faiss import FaissVectorStore
 from .types import Chunk
+
+if TYPE_CHECKING:
+    from .embeddings import Embedder
 
 logger = logging.getLogger("rag.store")
 
@@ -26,6 +30,18 @@ logger = logging.getLogger("rag.store")
 class EmbeddingMismatchError(ValueError):
     """A knowledge base was opened with an embedding model (name or dim) other
     than the one its vectors were made with; the message names both and the fix."""
+
+
+def embedding_mismatch(name: str, recorded_name: Any, recorded_dim: Any,
+                       embedder: "Embedder") -> EmbeddingMismatchError:
+    """The error for knowledge base ``name``, built with ``recorded_name`` (``recorded_dim``),
+    opened with ``embedder``: it names both models and the three fixes."""
+    return EmbeddingMismatchError(
+        f"knowledge base {name!r} was built with embedding model {recorded_name!r} (dim {recorded_dim}), but "
+        f"{embedder.name!r} (dim {embedder.dim}) is loaded. Start with --embedding-model {recorded_name}, "
+        f"or re-embed it with the loaded model: `python -m rag reindex --kb {name}` "
+        "(add --embedding-model NAME for another; it keeps the base's files), or use another "
+        "knowledge-base folder (or delete this one) and upload the documents again")
 
 
 class VectorStoreMismatchError(ValueError):
@@ -64,41 +80,15 @@ def recorded_embedding_model(directory: str | Path) -> tuple[str, int] | None:
         return None
 
 
-class KnowledgeBaseState:
+class KnowledgeBaseState(StoreSync):
     """Loading, committing and the write lifecycle of :class:`rag.store.KnowledgeBase`
-    (a mixin: the attributes are set by its ``__init__``)."""
+    (a mixin: the attributes are set by its ``__init__``); a backend that keeps its own
+    vectors is kept in step by :class:`rag.kb_sync.StoreSync`."""
 
     def _new_store(self, dim: int) -> VectorStore:
         if self._store_factory is None:
             return FaissVectorStore(dim, self._approximate_from)
         return self._store_factory(dim)
-
-    def _reconcile(self, store: VectorStore, file_data: list[dict], chunks: dict[int, Chunk]
-                   ) -> tuple[list[dict], dict[int, Chunk]]:
-        """Make a backend that keeps its own vectors agree with the saved state: rows no
-        saved chunk names (an upload killed before its commit) are deleted from the store;
-        a file with chunks missing from the store (killed mid-delete) is dropped."""
-        stored = set(store.ids().tolist())
-        extra = stored - set(chunks)
-        if extra:
-            logger.info("knowledge base %s: removing %d chunk(s) of an unfinished upload from %s",
-                        self._directory.name, len(extra), store.name)
-            store.delete(sorted(extra))
-        broken = {c.source for cid, c in chunks.items() if cid not in stored}
-        if broken:
-            logger.warning("knowledge base %s: %s lost chunks in %s (interrupted); removed, upload again",
-                           self._directory.name, ", ".join(sorted(broken)), store.name)
-            store.delete([cid for cid, c in chunks.items() if c.source in broken and cid in stored])
-            chunks = {cid: c for cid, c in chunks.items() if c.source not in broken}
-            file_data = [f for f in file_data if f["name"] not in broken]
-        return file_data, chunks
-
-    def drop_store(self) -> None:
-        """Remove what the vector store keeps outside the folder (a Milvus collection); the
-        registry calls it when the knowledge base is deleted."""
-        drop = getattr(self._store, "drop", None)
-        if drop is not None:
-            drop()
 
     def _manifest_stamp(self) -> tuple[int, int] | None:
         try:
@@ -152,7 +142,7 @@ class KnowledgeBaseState:
             raise KnowledgeBaseCorruptError(
                 f"{gen_dir}: cannot read the knowledge base state ({type(exc).__name__}: {exc}); "
                 "restore the folder from a backup or move it away and re-upload the documents") from exc
-        if ids != set(chunks) or store.count() != len(chunks) or store.dim != manifest.get("dim"):
+        if ids != set(chunks) or store.count() != len(chunks) or (chunks and store.dim != manifest.get("dim")):
             raise KnowledgeBaseCorruptError(
                 f"{gen_dir}: the index ({store.count()} vectors of dim {store.dim}) does not match chunks.json "
                 f"({len(chunks)} chunks) and the manifest (dim {manifest.get('dim')}); "
@@ -161,13 +151,7 @@ class KnowledgeBaseState:
         recorded_name, recorded_dim = manifest.get("embedding_model"), manifest.get("dim")
         if (recorded_name, recorded_dim) != (self._embedder.name, self._embedder.dim):
             if chunks:
-                raise EmbeddingMismatchError(
-                    f"knowledge base {self._directory.name!r} was built with embedding model "
-                    f"{recorded_name!r} (dim {recorded_dim}), but {self._embedder.name!r} "
-                    f"(dim {self._embedder.dim}) is loaded. Start with --embedding-model {recorded_name}, "
-                    f"or re-embed it with the loaded model: `python -m rag reindex --kb {self._directory.name}` "
-                    "(add --embedding-model NAME for another; it keeps the base's files), or use another "
-                    "knowledge-base folder (or delete this one) and upload the documents again")
+                raise embedding_mismatch(self._directory.name, recorded_name, recorded_dim, self._embedder)
             logger.info("empty knowledge base at %s: switching its embedding model from %s to %s",
                         self._directory, recorded_name, self._embedder.name)
             store = self._new_store(self._embedder.dim) if backend == "faiss" else store
@@ -179,6 +163,7 @@ class KnowledgeBaseState:
                         "(was %s, %s %s)", self._directory, self._chunk_size, self._chunk_overlap, self._chunk_unit,
                         *recorded_chunking)
         self._store = store
+        self._stale_ids = []  # the saved state names them again, if they were pending
         self._chunks = chunks
         self._keywords = self._load_keywords(gen_dir, chunks)
         self._files = {f["name"]: f for f in file_data}
@@ -285,6 +270,7 @@ class KnowledgeBaseState:
         })
         self._generation = gen_name
         self._stamp = self._manifest_stamp()
+        self._delete_stale()
         disk.remove_generations_except(self._directory, gen_name)
 
     def _manifest_generation(self) -> str | None:

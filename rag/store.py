@@ -2,8 +2,9 @@
 
 A :class:`KnowledgeBase` is a folder (its layout and crash safety in :mod:`rag.persistence`)
 and a vector store (:mod:`rag.stores`: FAISS in the folder, or Milvus). Its parts live in
-one module each: the on-disk state and write lifecycle (:mod:`rag.kb_state`), adding and
-deleting files (:mod:`rag.ingest`), search (:mod:`rag.retrieval`). Chunk text and metadata
+one module each: the on-disk state and write lifecycle (:mod:`rag.kb_state`), a Milvus store
+kept in step with it (:mod:`rag.kb_sync`), adding and deleting files (:mod:`rag.ingest`),
+search (:mod:`rag.retrieval`). Chunk text and metadata
 live beside the vectors in JSON, found by chunk id, and so do each chunk's BM25 tokens
 (:mod:`rag.keywords`).
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import persistence as disk
 from .ingest import EMBED_BATCH, UNCHANGED_REASON, Ingestion  # noqa: F401
 from .kb_state import (EmbeddingMismatchError, KnowledgeBaseClosedError, KnowledgeBaseCorruptError,  # noqa: F401
-                       KnowledgeBaseState, UnknownFile, VectorStoreMismatchError, _utc_now,
+                       KnowledgeBaseState, UnknownFile, VectorStoreMismatchError, _utc_now, embedding_mismatch,
                        recorded_embedding_model)
 from .keywords import KeywordIndex
 from .retrieval import HYBRID_CANDIDATES, Retrieval  # noqa: F401
@@ -69,6 +70,7 @@ class KnowledgeBase(KnowledgeBaseState, Ingestion, Retrieval):
         self._stamp: tuple[int, int] | None = None  # the manifest's (inode, mtime_ns) when last read
         self._approximate_from = approximate_from
         self._store: VectorStore = self._new_store(embedder.dim)
+        self._stale_ids: list[int] = []  # rows to delete from a self-storing store after the next commit
         self._chunks: dict[int, Chunk] = {}
         self._keywords = KeywordIndex()
         self._files: dict[str, dict[str, Any]] = {}
@@ -107,6 +109,8 @@ class KnowledgeBase(KnowledgeBaseState, Ingestion, Retrieval):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if store_factory is not None:
+            _check_recorded_model(directory, embedder, store_factory)
         kb = cls(directory, embedder, chunk_size, chunk_overlap, approximate_from, store_factory, chunk_unit)
         manifest_path = directory / disk.MANIFEST_NAME
         with disk.folder_lock(directory), kb._lock:
@@ -153,6 +157,28 @@ class KnowledgeBase(KnowledgeBaseState, Ingestion, Retrieval):
     def embedding_model(self) -> str:
         """Name of the embedding model its vectors were made with."""
         return self._embedder.name
+
+
+def _check_recorded_model(directory: Path, embedder: "Embedder",
+                          store_factory: "Callable[[int], VectorStore]") -> None:
+    """Before a self-storing backend (Milvus) opens the collection with ``embedder``'s dimension:
+    a base whose chunks another model embedded is refused as on FAISS, and an empty one's
+    collection of another dimension is dropped, so it adopts ``embedder``.
+
+    Raises:
+        EmbeddingMismatchError: the manifest records chunks of another model.
+    """
+    try:
+        manifest = disk.read_json(directory / disk.MANIFEST_NAME)
+        recorded_name, recorded_dim = manifest["embedding_model"], int(manifest["dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no manifest yet, or one that _load reports as corrupt
+    if (recorded_name, recorded_dim) == (embedder.name, embedder.dim):
+        return
+    if manifest.get("chunks", 1):
+        raise embedding_mismatch(directory.name, recorded_name, recorded_dim, embedder)
+    if recorded_dim != embedder.dim:
+        store_factory(recorded_dim).drop()
 
 
 __all__ = ["APPROXIMATE_INDEX_MIN_CHUNKS", "EMBED_BATCH", "HYBRID_CANDIDATES", "IVF_NPROBE", "UNCHANGED_REASON",

@@ -102,3 +102,16 @@ def server(tmp_path):
     for srv in started:
         if srv.proc.poll() is None:
             srv.stop()
+
+
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def vector_store(request):
+    """The vector-store backend (:class:`tests.rag_fixtures.StoreBackend`): each test that
+    takes it runs on FAISS and on Milvus Lite (in process; skipped where ``milvus-lite`` is
+    missing). Module-scoped, so a module's knowledge bases built once serve all its tests on
+    one backend before the next."""
+    from .rag_fixtures import StoreBackend
+
+    if request.param == "milvus":
+        pytest.importorskip("milvus_lite", reason="pip install milvus-lite (a dependency)")
+    return StoreBackend(request.param)

@@ -65,3 +65,21 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+#: The question the DeepSpeed documents answer with their install section (``pip install deepspeed``).
+INSTALL_QUESTION = {"query": "How do I install DeepSpeed?", "top_k": 3, "score_threshold": -1}
+
+
+def upload_deepspeed_docs(corpus: Path, upload_url: str, search_url: str, kb: str = "manuals") -> dict[str, int]:
+    """Upload DeepSpeed's README.md and zero.md to knowledge base ``kb`` through the server at
+    ``upload_url``, check that the server at ``search_url`` (the same or another) answers
+    :data:`INSTALL_QUESTION` with the install section, and return ``{file name: chunks}`` as
+    that server lists them."""
+    files = [("files", (n, (corpus / "deepspeed" / n).read_bytes())) for n in ("README.md", "zero.md")]
+    r = httpx.post(f"{upload_url}/v1/knowledge/{kb}/files", files=files, timeout=600)
+    assert [f["status"] for f in r.json()["files"]] == ["added", "added"], r.text
+    hits = httpx.post(f"{search_url}/v1/knowledge/{kb}/search", json=INSTALL_QUESTION, timeout=60).json()["results"]
+    assert any("pip install deepspeed" in h["text"] for h in hits), hits
+    listed = httpx.get(f"{search_url}/v1/knowledge/{kb}/files", timeout=30).json()["files"]
+    return {f["name"]: f["chunks"] for f in listed}

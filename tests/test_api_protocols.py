@@ -1,5 +1,7 @@
 """The HTTP/WebSocket API in process (FastAPI TestClient, scripted model): PAI-EAS
-protocol details, OpenAI shapes, knowledge endpoints, tokens, modes, export."""
+protocol details, OpenAI shapes, knowledge endpoints, tokens, modes, export. The tests that
+upload, search and delete through the knowledge endpoints run on FAISS and on Milvus Lite
+(``kb_client``, over the ``vector_store`` fixture)."""
 from __future__ import annotations
 
 import json
@@ -18,11 +20,13 @@ from .conftest import FakeChatModel
 REPLY = "DeepSpeed installs with pip install deepspeed ."
 
 
-@pytest.fixture
-def make_client(tmp_path, embedder):
+def client_factory(root, embedder, vector_store: str = "faiss"):
+    """``make(**settings)`` -> a TestClient of the app over the scripted model, with its
+    knowledge bases in ``root``/knowledge on ``vector_store``."""
     def make(**settings) -> TestClient:
-        s = Settings(knowledge_dir=tmp_path / "knowledge", **settings)
-        service = ChatService(FakeChatModel(REPLY), KnowledgeBaseRegistry(s.knowledge_dir, embedder), s)
+        s = Settings(knowledge_dir=root / "knowledge", vector_store=vector_store, **settings)
+        registry = KnowledgeBaseRegistry(s.knowledge_dir, embedder, vector_store=vector_store)
+        service = ChatService(FakeChatModel(REPLY), registry, s)
         if s.export_history_path:
             service.exporter = HistoryExporter(s.export_history_path, s.export_interval)
         return TestClient(create_app(service))
@@ -30,8 +34,22 @@ def make_client(tmp_path, embedder):
 
 
 @pytest.fixture
+def make_client(tmp_path, embedder):
+    return client_factory(tmp_path, embedder)
+
+
+@pytest.fixture
 def client(make_client):
     return make_client()
+
+
+@pytest.fixture
+def kb_client(tmp_path, vector_store):
+    """A client whose knowledge bases live on each vector store in turn (the bundled model,
+    each document embedded once for both)."""
+    from .rag_fixtures import memoized_bundled_embedder
+
+    return client_factory(tmp_path, memoized_bundled_embedder(), vector_store.name)()
 
 
 def model_of(client: TestClient) -> FakeChatModel:
@@ -105,16 +123,17 @@ def test_bad_requests_name_the_field(client, body, status, needle):
     assert model_of(client).calls == []
 
 
-def test_langchain_mode_answers_from_the_knowledge_base_with_sources(client, corpus):
+def test_langchain_mode_answers_from_the_knowledge_base_with_sources(kb_client, corpus):
     readme = corpus / "deepspeed" / "README.md"
-    up = client.post("/v1/knowledge/default/files", files=[("files", ("README.md", readme.read_bytes()))])
+    up = kb_client.post("/v1/knowledge/default/files", files=[("files", ("README.md", readme.read_bytes()))])
     assert up.json()["files"][0]["status"] == "added"
-    r = client.post("/", json={"prompt": "How do I install DeepSpeed?", "langchain": True, "score_threshold": 0})
+    r = kb_client.post("/", json={"prompt": "How do I install DeepSpeed?", "langchain": True,
+                                  "score_threshold": 0})
     body = r.json()
     assert body["response"] == REPLY
     assert body["sources"] and body["sources"][0]["source"] == "README.md"
     assert any("pip install deepspeed" in s["text"] for s in body["sources"])
-    sent, _ = model_of(client).calls[-1]
+    sent, _ = model_of(kb_client).calls[-1]
     assert "pip install deepspeed" in sent[-1]["content"]
     assert body["history"] == [["How do I install DeepSpeed?", REPLY]], "history keeps the question, not the prompt"
 
@@ -233,12 +252,12 @@ def test_openai_errors_have_the_openai_shape(client, body, status, param):
 
 # ----------------------------------------------------------------- knowledge endpoints
 
-def test_knowledge_upload_list_search_delete(client, corpus):
+def test_knowledge_upload_list_search_delete(kb_client, corpus, vector_store):
     files = [("files", ("README.md", (corpus / "deepspeed" / "README.md").read_bytes())),
              ("files", ("locked.pdf", (corpus / "pdf" / "libreoffice-writer-password.pdf").read_bytes())),
              ("files", ("zero.md", (corpus / "deepspeed" / "zero.md").read_bytes())),
              ("files", ("notes.exe", b"MZ..."))]
-    r = client.post("/v1/knowledge/manuals/files", files=files)
+    r = kb_client.post("/v1/knowledge/manuals/files", files=files)
     assert r.status_code == 200
     report = {f["name"]: f for f in r.json()["files"]}
     assert [f["name"] for f in r.json()["files"]] == ["README.md", "locked.pdf", "zero.md", "notes.exe"]
@@ -247,21 +266,24 @@ def test_knowledge_upload_list_search_delete(client, corpus):
     assert report["notes.exe"]["status"] == "refused"
     assert report["zero.md"]["status"] == "added"
 
-    listed = client.get("/v1/knowledge/manuals/files").json()["files"]
+    listed = kb_client.get("/v1/knowledge/manuals/files").json()["files"]
     assert {f["name"]: f["chunks"] for f in listed} == {"README.md": report["README.md"]["chunks"],
                                                         "zero.md": report["zero.md"]["chunks"]}
-    kbs = client.get("/v1/knowledge").json()["knowledge_bases"]
+    kbs = kb_client.get("/v1/knowledge").json()["knowledge_bases"]
     assert {k["name"] for k in kbs} >= {"manuals"}
 
-    hits = client.post("/v1/knowledge/manuals/search", json={"query": "How do I install DeepSpeed?", "top_k": 3}).json()
+    question = "How do I install DeepSpeed?"
+    hits = kb_client.post("/v1/knowledge/manuals/search", json={"query": question, "top_k": 3}).json()
     assert len(hits["results"]) == 3
     assert hits["results"][0]["score"] >= hits["results"][-1]["score"]
     assert any("pip install deepspeed" in h["text"] for h in hits["results"])
 
-    gone = client.delete("/v1/knowledge/manuals/files/README.md").json()
+    gone = kb_client.delete("/v1/knowledge/manuals/files/README.md").json()
     assert gone["chunks_removed"] == report["README.md"]["chunks"]
-    hits = client.post("/v1/knowledge/manuals/search", json={"query": "How do I install DeepSpeed?"}).json()
+    hits = kb_client.post("/v1/knowledge/manuals/search", json={"query": question}).json()
     assert all(h["source"] == "zero.md" for h in hits["results"])
+    kb = kb_client.app.state.service.knowledge_base("manuals")
+    assert vector_store.entities(kb) == report["zero.md"]["chunks"], "exactly README.md's chunks left the store"
 
 
 @pytest.mark.parametrize("method, path, kwargs, status", [
@@ -399,12 +421,14 @@ def test_rounds_from_every_protocol_are_exported(make_client, tmp_path):
     assert lines[0]["history"] == [["a", "b"]] and lines[1]["system_prompt"] == "S"
 
 
-def test_search_uses_the_servers_retriever_and_reports_every_score(client, corpus):
-    client.post("/v1/knowledge/docs/files", files=[("files", ("README.md", (corpus / "deepspeed" / "README.md").read_bytes()))])
-    hybrid = client.post("/v1/knowledge/docs/search", json={"query": "pip install deepspeed", "top_k": 3}).json()["results"]
-    assert {r["retriever"] for r in hybrid} == {client.app.state.service.settings.retrieval_mode}
+def test_search_uses_the_servers_retriever_and_reports_every_score(kb_client, corpus):
+    readme = (corpus / "deepspeed" / "README.md").read_bytes()
+    kb_client.post("/v1/knowledge/docs/files", files=[("files", ("README.md", readme))])
+    query = "pip install deepspeed"
+    hybrid = kb_client.post("/v1/knowledge/docs/search", json={"query": query, "top_k": 3}).json()["results"]
+    assert {r["retriever"] for r in hybrid} == {kb_client.app.state.service.settings.retrieval_mode}
     assert all("cosine" in r["scores"] for r in hybrid)
-    dense = client.post("/v1/knowledge/docs/search", json={"query": "pip install deepspeed", "mode": "dense"}).json()["results"]
+    dense = kb_client.post("/v1/knowledge/docs/search", json={"query": query, "mode": "dense"}).json()["results"]
     assert {r["retriever"] for r in dense} == {"dense"} and all(r["score"] == r["scores"]["cosine"] for r in dense)
-    bad = client.post("/v1/knowledge/docs/search", json={"query": "q", "mode": "magic"})
+    bad = kb_client.post("/v1/knowledge/docs/search", json={"query": "q", "mode": "magic"})
     assert bad.status_code == 422 and "mode" in bad.json()["error"]["message"]

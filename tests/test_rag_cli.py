@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import rag.cli as cli
+import rag.cli.common as cli_common
 
 try:  # tests/ is a package (tests/__init__.py); fall back to rootdir-relative import without it
     from tests.rag_fixtures import HashEmbedder
@@ -31,7 +32,7 @@ def run(monkeypatch, embedder):
         loaded.append(name)
         return HashEmbedder() if name == "hash" else embedder
 
-    monkeypatch.setattr(cli, "load_embedder", fake_load)
+    monkeypatch.setattr(cli_common, "load_embedder", fake_load)
 
     def _run(*argv):
         out = io.StringIO()
@@ -144,6 +145,33 @@ def test_eval_command_on_a_cmrc_sample(run, tmp_path, corpus):
     bad.write_text("{not json", encoding="utf-8")
     assert run("eval", str(bad), "--no-progress")[0] == 2
     assert run("eval", str(corpus / "eval" / "cmrc2018_dev.json"), "--modes", "sparse", "--no-progress")[0] == 2
+
+
+def test_eval_on_milvus_reuses_a_base_migrated_there_and_finds_the_same(run, tmp_path, corpus):
+    """``eval --keep-kb`` on FAISS, ``migrate --to milvus``, ``eval --reuse-kb`` on Milvus Lite
+    (the backend the base records): same chunks, same figures, nothing embedded again."""
+    pytest.importorskip("milvus_lite")
+    data, kb = str(corpus / "eval" / "cmrc2018_dev.json"), tmp_path / "knowledge" / "cmrc"
+    reports = []
+    for backend in ("faiss", "milvus"):
+        if backend == "milvus":
+            assert run("migrate", "--knowledge-dir", str(kb.parent), "--kb", "cmrc", "--to", "milvus",
+                       "--no-progress")[0] == 0
+        out_json = tmp_path / f"{backend}.json"
+        status, out = run("eval", data, "--articles", "2", "--limit", "10", "--modes", "dense,hybrid", "--no-progress",
+                          "--keep-kb", str(kb), *(["--reuse-kb"] if backend == "milvus" else []),
+                          "--json-out", str(out_json))
+        assert status == 0 and f"vector store {backend}" in out
+        reports.append(json.loads(out_json.read_text(encoding="utf-8")))
+    faiss, milvus = reports
+    assert milvus["vector_store"] == "milvus" and milvus["chunks"] == faiss["chunks"] >= 2
+    assert milvus["reused"] and not faiss["reused"], "the Milvus run embedded no document"
+    assert json.loads((kb / "manifest.json").read_text(encoding="utf-8"))["vector_store"] == "milvus"
+    for a, b in zip(faiss["results"], milvus["results"]):
+        assert (b["mode"], b["hit1"], b["hit5"]) == (a["mode"], a["hit1"], a["hit5"])
+        assert b["mrr"] == pytest.approx(a["mrr"], abs=1e-3)
+    assert run("eval", data, "--articles", "2", "--limit", "5", "--no-progress", "--keep-kb", str(kb), "--reuse-kb",
+               "--vector-store", "faiss")[0] == 2, "a Milvus base opened as FAISS is refused"
 
 
 def test_default_knowledge_dir_is_the_servers():

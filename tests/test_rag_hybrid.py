@@ -1,6 +1,8 @@
 """Hybrid retrieval: the BM25 tokenizer and index, score fusion, search modes and
 their scores, the keyword tokens saved with each generation, and hybrid beating
-dense-only and BM25-only retrieval on a CMRC 2018 subset through the real pipeline."""
+dense-only and BM25-only retrieval on a CMRC 2018 subset through the real pipeline. The
+search-mode tests and the replace/delete test run on FAISS and on Milvus Lite (the
+``vector_store`` fixture); the parsing and fusion ones do not touch a store."""
 from __future__ import annotations
 
 import json
@@ -15,9 +17,9 @@ from rag.fusion import convex_combination, reciprocal_rank_fusion
 from rag.keywords import TOKENIZER_ID, KeywordIndex, chunk_tokens, tokenize
 
 try:  # tests/ is a package (tests/__init__.py); fall back to rootdir-relative import without it
-    from tests.rag_fixtures import HashEmbedder
+    from tests.rag_fixtures import HashEmbedder, memoized_bundled_embedder
 except ImportError:  # pragma: no cover
-    from rag_fixtures import HashEmbedder
+    from rag_fixtures import HashEmbedder, memoized_bundled_embedder
 
 
 # ------------------------------------------------------------- tokenizer
@@ -82,8 +84,8 @@ def test_reciprocal_rank_fusion():
 
 
 @pytest.fixture(scope="module")
-def docs_kb(tmp_path_factory, corpus, embedder):
-    kb = KnowledgeBase.open(tmp_path_factory.mktemp("hybrid") / "kb", embedder)
+def docs_kb(tmp_path_factory, corpus, vector_store):
+    kb = vector_store.open(tmp_path_factory.mktemp("hybrid") / "kb", memoized_bundled_embedder())
     reports = kb.add_files([corpus / "deepspeed" / "advanced-install.md", corpus / "deepspeed" / "getting-started.md"])
     assert [r.status for r in reports] == ["added", "added"]
     return kb
@@ -174,8 +176,8 @@ def test_keyword_tokens_are_saved_per_generation_and_recomputed_when_stale(tmp_p
     assert all(r.chunk.source == "zero.md" for r in again.search(query, top_k=50, mode="bm25"))
 
 
-def test_replaced_and_deleted_files_leave_no_keyword_hits(tmp_path, corpus):
-    kb = KnowledgeBase.open(tmp_path / "kb", HashEmbedder())
+def test_replaced_and_deleted_files_leave_no_keyword_hits(tmp_path, corpus, vector_store):
+    kb = vector_store.open(tmp_path / "kb", HashEmbedder())
     doc = tmp_path / "notes.md"
     doc.write_text("The flux capacitor needs 1.21 gigawatts.\n", encoding="utf-8")
     kb.add_files([doc])
@@ -184,8 +186,10 @@ def test_replaced_and_deleted_files_leave_no_keyword_hits(tmp_path, corpus):
     assert kb.add_files([doc])[0].status == "added"
     assert kb.search("flux capacitor", mode="bm25") == [], "the old version's words are gone"
     assert kb.search("dilithium", mode="bm25")[0].chunk.source == "notes.md"
+    assert vector_store.entities(kb) == len(kb) == 1, "the old version's vector is gone from the store"
     kb.delete_file("notes.md")
     assert kb.search("dilithium", mode="bm25") == [] and kb.search("dilithium", mode="hybrid") == []
+    assert vector_store.entities(kb) == 0
 
 
 # ------------------------------------------- hybrid vs dense vs BM25 on CMRC

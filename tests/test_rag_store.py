@@ -1,5 +1,8 @@
 """rag.store.KnowledgeBase: adding, skipping, replacing, deleting, persistence,
-crash safety, embedding-model checks and thread safety."""
+crash safety, embedding-model checks and thread safety. The in-process failure tests (a
+file whose embedding fails, a save that fails) and the embedding-model switch run on FAISS and on Milvus Lite (the
+``vector_store`` fixture); the kill -9 tests are FAISS's generations (Milvus's are in
+tests/test_rag_milvus_processes.py)."""
 from __future__ import annotations
 
 import json
@@ -195,11 +198,15 @@ def test_embedding_model_mismatch_is_refused(built, embedder, tmp_path):
         assert "--embedding-model" in message
 
 
-def test_empty_knowledge_base_adopts_a_new_embedding_model(tmp_path):
-    KnowledgeBase.open(tmp_path / "kb", HashEmbedder("a/model", dim=32))
-    kb = KnowledgeBase.open(tmp_path / "kb", HashEmbedder("b/model", dim=48))
-    assert kb.embedding_model == "b/model"
+def test_empty_knowledge_base_adopts_a_new_embedding_model(tmp_path, vector_store):
+    vector_store.open(tmp_path / "kb", HashEmbedder("a/model", dim=32))
+    kb = vector_store.open(tmp_path / "kb", HashEmbedder("b/model", dim=48))
+    assert kb.embedding_model == "b/model" and kb._store.dim == 48
     assert json.loads((tmp_path / "kb" / "manifest.json").read_text())["dim"] == 48
+    (tmp_path / "a.txt").write_text("now embedded by the new model", encoding="utf-8")
+    assert kb.add_files([tmp_path / "a.txt"])[0].status == "added" and vector_store.entities(kb) == 1
+    with pytest.raises(EmbeddingMismatchError, match="--embedding-model b/model"):
+        vector_store.open(tmp_path / "kb", HashEmbedder("a/model", dim=32))
 
 
 def test_leftover_half_written_generation_is_ignored(built, embedder, tmp_path, sources):
@@ -249,14 +256,14 @@ def test_safe_file_name(name, expected):
 # ---------------------------------------------------------- failure handling
 
 
-def test_unexpected_error_refuses_only_that_file(tmp_path):
+def test_unexpected_error_refuses_only_that_file(tmp_path, vector_store):
     class Flaky(HashEmbedder):
         def embed_documents(self, texts, batch_size=32, show_progress=False):
             if any("EXPLODE" in t for t in texts):
                 raise RuntimeError("GPU fell off the bus")
             return super().embed_documents(texts)
 
-    kb = KnowledgeBase.open(tmp_path / "kb", Flaky())
+    kb = vector_store.open(tmp_path / "kb", Flaky())
     paths = []
     for name, text in [("a.txt", "first file"), ("b.txt", "EXPLODE here"), ("c.md", "third file")]:
         paths.append(tmp_path / name)
@@ -265,10 +272,11 @@ def test_unexpected_error_refuses_only_that_file(tmp_path):
     assert [r.status for r in reports] == ["added", "refused", "added"]
     assert "RuntimeError" in reports[1].reason and "GPU fell off the bus" in reports[1].reason
     assert [f["name"] for f in kb.files()] == ["a.txt", "c.md"]
+    assert vector_store.entities(kb) == len(kb) == 2
 
 
-def test_failed_save_keeps_the_last_saved_state(tmp_path, monkeypatch):
-    kb = KnowledgeBase.open(tmp_path / "kb", HashEmbedder())
+def test_failed_save_keeps_the_last_saved_state(tmp_path, monkeypatch, vector_store):
+    kb = vector_store.open(tmp_path / "kb", HashEmbedder())
     good = tmp_path / "good.txt"
     good.write_text("saved fine", encoding="utf-8")
     kb.add_files([good])
@@ -282,7 +290,10 @@ def test_failed_save_keeps_the_last_saved_state(tmp_path, monkeypatch):
     assert report.status == "refused" and "disk full" in report.reason
     assert [f["name"] for f in kb.files()] == ["good.txt"] and len(kb) == 1
     assert not (kb.directory / "files" / "other.txt").exists()
-    assert KnowledgeBase.open(kb.directory, HashEmbedder()).files() == kb.files()
+    assert vector_store.entities(kb) == 1, "the unsaved file's vectors left the store"
+    again = vector_store.open(kb.directory, HashEmbedder())
+    assert again.files() == kb.files() and vector_store.entities(again) == 1
+    assert [r.chunk.source for r in again.search("this one fails to save", top_k=5)] == ["good.txt"]
 
 
 def test_names_must_match_paths(tmp_path):

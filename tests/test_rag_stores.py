@@ -84,18 +84,14 @@ def test_server_on_milvus_answers_restarts_deletes_and_recovers_from_kill_9(serv
 
     import httpx
 
+    from .server_utils import INSTALL_QUESTION, upload_deepspeed_docs
+
     pytest.importorskip("milvus_lite")
     uri = str(tmp_path / "milvus.db")
     flags = ("--vector-store=milvus", f"--milvus-uri={uri}")
     srv = server(*flags)
     srv.wait()
-    files = [("files", (n, (corpus / "deepspeed" / n).read_bytes())) for n in ("README.md", "zero.md")]
-    r = httpx.post(srv.url + "/v1/knowledge/manuals/files", files=files, timeout=600)
-    assert [f["status"] for f in r.json()["files"]] == ["added", "added"], r.text
-    ask = {"query": "How do I install DeepSpeed?", "top_k": 3, "score_threshold": -1}
-    hits = httpx.post(srv.url + "/v1/knowledge/manuals/search", json=ask, timeout=60).json()["results"]
-    assert any("pip install deepspeed" in h["text"] for h in hits), hits
-    chunks = {f["name"]: f["chunks"] for f in httpx.get(srv.url + "/v1/knowledge/manuals/files", timeout=30).json()["files"]}
+    chunks = upload_deepspeed_docs(corpus, srv.url, srv.url)
     srv.stop()
 
     import subprocess
@@ -116,7 +112,7 @@ def test_server_on_milvus_answers_restarts_deletes_and_recovers_from_kill_9(serv
     assert entities() == sum(chunks.values())
     again = server(*flags)
     again.wait()
-    hits = httpx.post(again.url + "/v1/knowledge/manuals/search", json=ask, timeout=60).json()["results"]
+    hits = httpx.post(again.url + "/v1/knowledge/manuals/search", json=INSTALL_QUESTION, timeout=60).json()["results"]
     assert any("pip install deepspeed" in h["text"] for h in hits), "after a restart too"
     assert httpx.delete(again.url + "/v1/knowledge/manuals/files/zero.md", timeout=60).status_code == 200
     again.stop()
@@ -149,6 +145,7 @@ def test_migrate_to_milvus_and_back_without_re_embedding(tmp_path, corpus, embed
     same; the embedder is never called while moving."""
     pytest.importorskip("milvus_lite")
     import rag.cli as cli
+    import rag.cli.common as cli_common
     from rag.registry import KnowledgeBaseRegistry
 
     kdir = tmp_path / "knowledge"
@@ -157,7 +154,7 @@ def test_migrate_to_milvus_and_back_without_re_embedding(tmp_path, corpus, embed
     assert [r.status for r in kb.add_files([corpus / "deepspeed" / "README.md"])] == ["added"]
     before = [h.chunk.id for h in kb.search("How do I install DeepSpeed?", top_k=3, mode="hybrid")]
     total = len(kb)
-    monkeypatch.setattr(cli, "_embedder_for", lambda directory, requested: CountingEmbedder(embedder))
+    monkeypatch.setattr(cli_common, "embedder_for", lambda directory, requested: CountingEmbedder(embedder))
 
     def run(*args: str) -> tuple[int, str]:
         import io
@@ -167,7 +164,7 @@ def test_migrate_to_milvus_and_back_without_re_embedding(tmp_path, corpus, embed
 
     assert run("--to", "milvus") == (0, f"docs: {total} chunk(s) moved to milvus\n")
     assert CountingEmbedder.documents == 0, "no chunk was embedded again"
-    assert cli._recorded_store(kdir / "docs") == "milvus"
+    assert cli_common.recorded_store(kdir / "docs") == "milvus"
     on_milvus = KnowledgeBaseRegistry(kdir, embedder, vector_store="milvus").get("docs")
     assert len(on_milvus) == total and on_milvus._store.count() == total
     assert [h.chunk.id for h in on_milvus.search("How do I install DeepSpeed?", top_k=3, mode="hybrid")] == before

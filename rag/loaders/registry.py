@@ -3,7 +3,7 @@
 Each row names a module of :mod:`rag.loaders` whose ``load(path, name, options)``
 reads that type; the module is imported on first use, so importing the table
 costs nothing. The upload widget's accepted types and its label (webui/ui.py),
-the CLI's folder walk (rag/cli.py) and the README's list of file types all come
+the CLI's folder walk (rag.cli) and the README's list of file types all come
 from here. Adding a type: one new module with a ``load`` function, one row here.
 """
 from __future__ import annotations
