@@ -7,7 +7,10 @@ packages run with their real weights. Every model runs the same work: a forward 
 the transformer over a batch of ``--batch`` texts of exactly L tokens (token ids drawn at
 random, attention mask all ones; a real batch of chunks is padded to its longest, so a
 batch of full chunks costs this), mean pooling, L2 normalisation; fp32, torch, inference
-mode. Each (model, threads) cell runs in its **own subprocess**, so its peak resident
+mode. Both the wall time and the process's CPU time (``time.process_time``, all its
+threads) are recorded: on a machine shared with other jobs the wall time grows with the
+load, while the CPU time of a 1-thread run stays what the work costs. Each (model, threads)
+cell runs in its **own subprocess**, so its peak resident
 memory (``ru_maxrss``) is its own: model weights + activations + ~0.4 GB of torch itself
 (``baseline`` row: the same process without a model).
 
@@ -119,17 +122,20 @@ def measure(name: str, threads: int, lengths: list[int], batch: int, repeats: in
         used = min(length, MAX_TOKENS.get(name, length))
         ids = torch.randint(5, vocab, (batch, used), generator=gen)
         mask = torch.ones_like(ids)
-        times = []
+        times, cpu_times = [], []
         with torch.inference_mode():
             _embed(model, ids[:2], mask[:2])  # warm-up: two texts of the same length
             for _ in range(repeats):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 _embed(model, ids, mask)
                 times.append(time.perf_counter() - t)
+                cpu_times.append(time.process_time() - c)
         ms_batch = statistics.median(times) * 1000
+        cpu_ms_batch = statistics.median(cpu_times) * 1000
         row[f"len{length}"] = {"tokens": used, "truncated": used < length, "ms_per_batch": round(ms_batch, 1),
                                "ms_per_chunk": round(ms_batch / batch, 2),
                                "passages_per_s": round(batch * 1000 / ms_batch, 2),
+                               "cpu_ms_per_chunk": round(cpu_ms_batch / batch, 2),
                                "runs_s": [round(t, 2) for t in times]}
     row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return row
@@ -162,6 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lengths", default="512,256", help="tokens per text, comma-separated")
     p.add_argument("--batch", type=int, default=32, help="texts per forward pass (the server's CPU batch: 32)")
     p.add_argument("--repeats", type=int, default=2, help="timed passes after a warm-up (median reported)")
+    p.add_argument("--batch-for", default="", metavar="MODEL=N,...",
+                   help="another batch size for some models (e.g. bge-m3=8, to fit a shared machine's time; "
+                   "per-chunk cost at 256-512 tokens barely depends on the batch)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     p.add_argument("--smoke", action="store_true", help="bge-small-zh-v1.5 and MiniLM, 32 tokens, batch 4, in-process")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -172,8 +181,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     threads = [int(x) for x in args.threads.split(",")]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    batch_for = {k.strip(): int(v) for k, v in (item.split("=") for item in args.batch_for.split(",") if item)}
     result: dict[str, Any] = {"machine": machine(), "load_avg_start": [round(x, 2) for x in os.getloadavg()],
-                              "batch": args.batch, "repeats": args.repeats, "lengths": lengths,
+                              "batch": args.batch, "batch_for": args.batch_for, "repeats": args.repeats,
+                              "lengths": lengths,
                               "configs": RANDOM_CONFIGS, "rows": []}
     if args.smoke:
         result.update(batch=4, repeats=1, lengths=[32])
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for n in threads:
             result["rows"].append(run_worker("baseline", n, lengths, args.batch, args.repeats))
             for name in models:  # models take turns within each thread count
-                row = run_worker(name, n, lengths, args.batch, args.repeats)
+                row = run_worker(name, n, lengths, batch_for.get(name, args.batch), args.repeats)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 result["rows"].append(row)
     result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]

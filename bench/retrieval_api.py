@@ -20,13 +20,16 @@ threshold said the base has nothing on it).
         --out docs/bench-retrieval-api-cpu.json
 
 Partial results are written after every mode (``--out``), so a long run cut short
-still leaves its finished rows.
+still leaves its finished rows; each mode's row keeps every question's first-hit rank
+(``first_hit_ranks``, null = no hit in the top 10), so runs can be compared question by
+question. ``--reuse`` asks again over a knowledge folder an earlier run built.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -129,7 +132,7 @@ def ask_all(url: str, questions: list, client: httpx.Client, label: str) -> dict
             print(f"  {label}: {i}/{len(questions)} asked, hit@1 so far {_hit(first_hits, 1):.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     n = len(questions)
-    return {"questions": n, "hit@1": round(_hit(first_hits, 1), 4), "hit@3": round(_hit(first_hits, 3), 4),
+    return {"questions": n, "first_hit_ranks": first_hits, "hit@1": round(_hit(first_hits, 1), 4), "hit@3": round(_hit(first_hits, 3), 4),
             "hit@5": round(_hit(first_hits, 5), 4),
             "mrr@10": round(sum(1 / h for h in first_hits if h) / n, 4) if n else None,
             "no_passage": round(empty / n, 4) if n else None,
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--workdir", type=Path, default=None,
                    help="knowledge folder, caches and logs (default: a temporary folder, removed at the end)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON result here (also after each mode)")
+    p.add_argument("--reuse", action="store_true",
+                   help="the knowledge base in --workdir is already built (by an earlier run): ask only")
     p.add_argument("--smoke", action="store_true", help="3 articles, their questions, default mode only")
     args = p.parse_args(argv)
     if args.smoke:
@@ -178,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     env, log_path = server_env(work / "cache"), work / "server.log"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped (finally) on kill
     load = os.getloadavg()
     result: dict[str, Any] = {"dataset": str(args.dataset), "articles": len(articles), "questions": len(questions),
                               "top_k_sent": TOP_K, "machine": machine(), "load_avg_start": [round(x, 2) for x in load],
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 url, proc = start_server(work / "knowledge", env, log_path, *extra)
                 print(f"[{mode}] server up in {time.perf_counter() - t0:.0f} s", flush=True)
                 try:
-                    if "ingestion" not in result:
+                    if "ingestion" not in result and not args.reuse:
                         result["ingestion"] = upload(url, articles, client)
                         print(f"  ingestion: {result['ingestion']}", flush=True)
                     result["modes"][mode] = ask_all(url, questions, client, mode)
