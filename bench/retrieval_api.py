@@ -146,9 +146,12 @@ def _hit(first_hits: list[int | None], k: int) -> float:
     return sum(1 for h in first_hits if h and h <= k) / len(first_hits) if first_hits else 0.0
 
 
-def server_env(cache: Path) -> dict[str, str]:
-    """The environment of a user's first start: empty caches, hub offline-ness left to the server."""
+def server_env(cache: Path, hub_offline: bool = False) -> dict[str, str]:
+    """The environment of a user's first start: empty caches, hub offline-ness left to the server
+    (``hub_offline``: HF_HUB_OFFLINE=1, for tests, which reach nothing outside loopback)."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    if hub_offline:
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.update(CHATLLM_CACHE_DIR=str(cache / "chatllm"), HF_HOME=str(cache / "hf"),
                GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     return env
@@ -167,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, default=None, help="write the JSON result here (also after each mode)")
     p.add_argument("--reuse", action="store_true",
                    help="the knowledge base in --workdir is already built (by an earlier run): ask only")
+    p.add_argument("--hub-offline", action="store_true",
+                   help="start the server with HF_HUB_OFFLINE=1 (tests: no network outside loopback)")
     p.add_argument("--smoke", action="store_true", help="3 articles, their questions, default mode only")
     args = p.parse_args(argv)
     if args.smoke:
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.workdir = Path(tmp.name)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    env, log_path = server_env(work / "cache"), work / "server.log"
+    env, log_path = server_env(work / "cache", args.hub_offline), work / "server.log"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers are stopped (finally) on kill
     load = os.getloadavg()
     result: dict[str, Any] = {"dataset": str(args.dataset), "articles": len(articles), "questions": len(questions),

@@ -105,3 +105,19 @@ def test_embedding_models_benchmark_smoke(tmp_path):
         assert cell["tokens"] == 32 and not cell["truncated"]
         assert cell["ms_per_chunk"] > 0 and cell["passages_per_s"] == pytest.approx(1000 / cell["ms_per_chunk"], rel=0.01)
         assert row["peak_rss_mb"] > 100
+
+
+def test_retrieval_api_benchmark_smoke(corpus, tmp_path):
+    """The real server with default flags and an empty model cache, 3 CMRC articles over the API
+    (hub switched off: no network outside loopback in tests)."""
+    out = tmp_path / "retrieval_api.json"
+    proc = subprocess.run([sys.executable, "bench/retrieval_api.py", str(corpus / "eval" / "cmrc2018_dev.json"),
+                           "--smoke", "--hub-offline", f"--workdir={tmp_path / 'work'}", f"--out={out}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ingestion"]["files_added"] == 3 and result["ingestion"]["chunks"] >= 3
+    row = result["modes"]["default"]
+    assert row["questions"] == len(row["first_hit_ranks"]) > 0
+    assert 0 <= row["hit@1"] <= row["hit@5"] <= 1 and row["no_passage"] is not None
+    assert (tmp_path / "work" / "cache" / "chatllm").is_dir(), "a fresh model cache, inside the workdir"
