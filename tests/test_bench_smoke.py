@@ -93,3 +93,34 @@ def test_loaders_benchmark_smoke(corpus, tmp_path):
     assert set(rows) == set(loaders.SMOKE_FILES)
     assert all(row["documents"] > 0 and row["seconds"] > 0 for row in rows.values())
     assert rows["ocr/ch_en_num.jpg"]["ocr_pages"] == 1 and rows["office/test.xlsx"]["ocr_pages"] == 0
+
+
+def test_embedding_models_benchmark_smoke(tmp_path):
+    from bench import embedding_models
+
+    result = embedding_models.main(["--smoke", f"--out={tmp_path / 'models.json'}"])
+    rows = {row["model"]: row for row in result["rows"]}
+    assert set(rows) == {"bge-small-zh-v1.5", "all-MiniLM-L6-v2"}
+    assert rows["bge-small-zh-v1.5"]["parameters_m"] == pytest.approx(24, abs=1), "the hub configuration, built"
+    assert rows["all-MiniLM-L6-v2"]["parameters_m"] == pytest.approx(22.7, abs=0.5), "the real packaged weights"
+    for row in rows.values():
+        cell = row["len32"]
+        assert cell["tokens"] == 32 and not cell["truncated"]
+        assert cell["ms_per_chunk"] > 0 and cell["passages_per_s"] == pytest.approx(1000 / cell["ms_per_chunk"], rel=0.01)
+        assert row["peak_rss_mb"] > 100
+
+
+def test_retrieval_api_benchmark_smoke(corpus, tmp_path):
+    """The real server with default flags and an empty model cache, 3 CMRC articles over the API
+    (hub switched off: no network outside loopback in tests)."""
+    out = tmp_path / "retrieval_api.json"
+    proc = subprocess.run([sys.executable, "bench/retrieval_api.py", str(corpus / "eval" / "cmrc2018_dev.json"),
+                           "--smoke", "--hub-offline", f"--workdir={tmp_path / 'work'}", f"--out={out}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ingestion"]["files_added"] == 3 and result["ingestion"]["chunks"] >= 3
+    row = result["modes"]["default"]
+    assert row["questions"] == len(row["first_hit_ranks"]) > 0
+    assert 0 <= row["hit@1"] <= row["hit@5"] <= 1 and row["no_passage"] is not None
+    assert (tmp_path / "work" / "cache" / "chatllm").is_dir(), "a fresh model cache, inside the workdir"

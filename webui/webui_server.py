@@ -38,14 +38,24 @@ def settle_hub(settings) -> str:
     Returns that function's verdict."""
     from llm.hub import settle_offline_mode
     from llm.loader import DEFAULT_MODEL_PATH
-    from rag.embeddings import BUNDLED_ALIAS, BUNDLED_EMBEDDING_MODEL, DEFAULT_EMBEDDING_MODEL
+    from rag.embeddings import BUNDLED_ALIASES, OFFLINE_ALIASES
 
     needed = [settings.reranker_model]
     if settings.llm_backend == "transformers" and not settings.lora_path:
         needed.append(settings.model_path or DEFAULT_MODEL_PATH)
-    if settings.embedding_model not in (BUNDLED_ALIAS, BUNDLED_EMBEDDING_MODEL):
-        needed.append(settings.embedding_model or DEFAULT_EMBEDDING_MODEL)
+    embedding = wanted_embedding_model(settings)
+    if embedding not in BUNDLED_ALIASES + OFFLINE_ALIASES:  # the packaged models need no hub
+        needed.append(embedding)
     return settle_offline_mode(needed)
+
+
+def wanted_embedding_model(settings) -> str:
+    """The embedding model ``settings`` ask for, "auto" resolved for the device it will run on."""
+    from rag.embeddings import default_device, default_embedding_model, is_auto
+
+    if not is_auto(settings.embedding_model):
+        return settings.embedding_model
+    return default_embedding_model("cpu" if settings.cpu else default_device())
 
 
 def load_service(settings):
@@ -61,7 +71,7 @@ def load_service(settings):
         rag.store.EmbeddingMismatchError: the knowledge base was built with another embedding model.
     """
     import rag.loaders
-    from rag.embeddings import DEFAULT_EMBEDDING_MODEL, check_backend, load_embedder
+    from rag.embeddings import check_backend, is_auto, load_embedder
     from rag.registry import KnowledgeBaseRegistry
     from webui.services import ChatService
 
@@ -71,7 +81,7 @@ def load_service(settings):
     model = load_model(settings)
     embedder = load_embedder(settings.embedding_model, device="cpu" if settings.cpu else None,
                              backend=settings.embedding_backend)
-    fallback = embedder.name != DEFAULT_EMBEDDING_MODEL and settings.embedding_model is None
+    fallback = is_auto(settings.embedding_model) and embedder.name != wanted_embedding_model(settings)
     registry = KnowledgeBaseRegistry(settings.knowledge_dir, embedder, chunk_size=settings.chunk_size,
                                      chunk_overlap=settings.chunk_overlap, chunk_unit=settings.chunk_unit,
                                      vector_store=settings.vector_store, milvus_uri=settings.milvus_uri,

