@@ -40,7 +40,7 @@ def test_page_upload_streamed_answer_with_sources_and_restart(server, corpus, tm
     updates = list(job)
     chatbot, box, sources = job.outputs()[-1]
     assert len(job.outputs()) >= 3, f"answer not streamed: {len(job.outputs())} update(s)"
-    assert "README\\.md" in sources  # the page shows each source's first lines; the full chunk:
+    assert "<b>README.md</b>" in sources  # the page shows each source's first lines; the full chunk:
     hits = httpx.post(srv.url + "/v1/knowledge/default/search", json={"query": "How do I install DeepSpeed?"},
                       timeout=60).json()["results"]
     assert any("pip install deepspeed" in h["text"] for h in hits), "the install section is among the top 3"
@@ -61,7 +61,7 @@ def test_page_upload_streamed_answer_with_sources_and_restart(server, corpus, tm
     assert health_after["knowledge_base"]["chunks"] == chunks, "the knowledge base survives a restart"
     job = client_for(again.url).submit("How do I install DeepSpeed?", 3, 0.0, *GEN, api_name="/rag_chat")
     list(job)
-    assert "README\\.md" in job.outputs()[-1][2], "sources again after the restart"
+    assert "<b>README.md</b>" in job.outputs()[-1][2], "sources again after the restart"
 
 
 def test_webui_server_script_with_bad_model_path_exits_nonzero(server, tmp_path):

@@ -141,7 +141,7 @@ def test_new_types_through_the_page_handlers(tmp_path, embedder, corpus):
     from rag.registry import KnowledgeBaseRegistry
     from webui.services import ChatService
     from webui.settings import Settings
-    from webui.ui import PageHandlers, plain_markdown
+    from webui.ui import PageHandlers
 
     from .conftest import FakeChatModel
 
@@ -163,7 +163,7 @@ def test_new_types_through_the_page_handlers(tmp_path, embedder, corpus):
     steps = list(h.rag_chat("Which row has the value affc7dad-52dc-4b98-9b5d-51e65d8a8ad0?", [], 3, -1.0,
                             "You are terse.", 32, 0.7, 20, 0.8, 5))
     sources = steps[-1][3]
-    assert plain_markdown("test.xlsx, sheet ") in sources  # the citation names the sheet and rows
+    assert "<b>test.xlsx, sheet " in sources  # the citation names the sheet and rows
     sent, _ = service.model.calls[-1]
     assert "affc7dad-52dc-4b98-9b5d-51e65d8a8ad0" in sent[-1]["content"]
 

@@ -114,7 +114,7 @@ def test_langchain_tab_query_modes(registry):
     chat, history, _, sources = list(h.rag_chat(question, [], 3, 0.0, *GEN, 5, None, "retrieval", "hybrid"))[-1]
     assert service.model.calls == [], "retrieval only: no generation"
     assert chat[-1]["content"] == sources and sources.startswith("**Sources**")
-    assert re.search(r"\[1\] \*\*advanced\\-install\\\.md\*\* · score [01]\.\d{3} \(hybrid; cosine", sources)
+    assert re.search(r"\[1\] <b>advanced-install\.md</b> · score [01]\.\d{3} \(hybrid; cosine", sources)
     assert history == [[question, sources]]
 
     chat, history, _, sources = list(h.rag_chat(question, [], 3, 0.0, *GEN, 5, None, "llm", None))[-1]
