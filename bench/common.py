@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,24 @@ def random_qwen_7b(tokenizer_dir: str | Path, out_dir: str | Path, device: str, 
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, timeout: float, poll: float = 0.5) -> bool:
+    """Poll ``GET {url}/health`` until it answers 200 (True), ``proc`` exits or ``timeout``
+    seconds pass (False; the caller reports which and kills what is left)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    return False
 
 
 def write_result(path: str | Path | None, result: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, percentile, write_result  # noqa: E402
+from bench.common import machine, percentile, wait_for_health, write_result  # noqa: E402
 from rag.evaluation import load_squad  # noqa: E402
 
 KB = "cmrc"
@@ -70,16 +70,10 @@ def start_server(knowledge_dir: Path, env: dict[str, str], log_path: Path, *extr
     log.flush()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
+    if wait_for_health(url, proc, timeout, poll=1):
+        return url, proc
+    if proc.poll() is not None:
+        raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
     proc.kill()
     raise RuntimeError(f"server did not answer /health in {timeout:.0f} s; see {log_path}")
 

@@ -32,7 +32,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, percentile, random_qwen_7b, write_result  # noqa: E402
+from bench.common import machine, percentile, random_qwen_7b, wait_for_health, write_result  # noqa: E402
 
 
 def make_prompt(model, n_tokens: int) -> list[dict]:
@@ -102,8 +102,6 @@ def start_server(path: str, args, max_users: int, batching: str) -> tuple[str, s
     """
     import socket
 
-    import httpx
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -120,16 +118,8 @@ def start_server(path: str, args, max_users: int, batching: str) -> tuple[str, s
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
+    if wait_for_health(url, proc, 600):
+        return url, proc
     proc.kill()
     log.seek(0)
     raise RuntimeError(f"the server did not start ({' '.join(cmd)}):\n{log.read()[-3000:]}")
