@@ -16,11 +16,21 @@ from ..protocol import Source, Usage, no_bool_number
 MAX_HISTORY_ROUNDS = 256
 
 
-def _nullable_list(schema: dict) -> None:
-    """JSON schema: the field may also be null (the protocol's clients send null for 'not given')."""
+#: The roles an OpenAI-style ``history`` message may have (``system`` messages are skipped).
+HISTORY_ROLES = ("user", "assistant", "system")
+
+
+def _history_schema(schema: dict) -> None:
+    """JSON schema of ``history``: ``[user, assistant]`` pairs (the protocol), OpenAI-style
+    ``{"role", "content"}`` messages (LangChain's ``PaiEasChatEndpoint``), or null (the
+    protocol's clients send null for 'not given')."""
     if "anyOf" not in schema:
-        schema["anyOf"] = [{k: schema.pop(k) for k in ("type", "items", "maxItems") if k in schema},
-                           {"type": "null"}]
+        pairs = {k: schema.pop(k) for k in ("type", "items", "maxItems") if k in schema}
+        message = {"type": "object", "required": ["role", "content"],
+                   "properties": {"role": {"type": "string", "enum": list(HISTORY_ROLES)},
+                                  "content": {"type": "string"}}}
+        messages = {"type": "array", "items": message, "minItems": 1, "maxItems": 2 * MAX_HISTORY_ROUNDS}
+        schema["anyOf"] = [pairs, messages, {"type": "null"}]
 
 
 def _stop_schema(schema: dict) -> None:
@@ -52,7 +62,7 @@ class PaiChatRequest(BaseModel):
     system_prompt: str | None = None
     history: list[tuple[str, str]] = Field(default_factory=list, max_length=MAX_HISTORY_ROUNDS,
                                            description="earlier rounds as [user, assistant] pairs (null: none)",
-                                           json_schema_extra=_nullable_list)
+                                           json_schema_extra=_history_schema)
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
@@ -92,8 +102,15 @@ class PaiChatRequest(BaseModel):
     def _pairs(cls, v: Any) -> Any:
         """Accept ``[[u, a], ...]`` (the protocol) and ``[{"role", "content"}, ...]`` (OpenAI style)."""
         if isinstance(v, list) and v and all(isinstance(m, dict) for m in v):
-            users = [m.get("content", "") for m in v if m.get("role") == "user"]
-            answers = [m.get("content", "") for m in v if m.get("role") == "assistant"]
+            if len(v) > 2 * MAX_HISTORY_ROUNDS:
+                raise ValueError(f"at most {2 * MAX_HISTORY_ROUNDS} messages (the server keeps "
+                                 f"{MAX_HISTORY_ROUNDS} rounds): send fewer earlier rounds")
+            for m in v:
+                if m.get("role") not in HISTORY_ROLES or not isinstance(m.get("content"), str):
+                    raise ValueError("each history message needs a role (user, assistant or system) and a "
+                                     "string content, or send [user, assistant] pairs")
+            users = [m["content"] for m in v if m["role"] == "user"]
+            answers = [m["content"] for m in v if m["role"] == "assistant"]
             return list(zip(users, answers))
         return v
 
