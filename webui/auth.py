@@ -70,8 +70,7 @@ class TokenAuthMiddleware:
         self.session = session_value(token)
 
     def _valid(self, presented: str) -> bool:
-        return (hmac.compare_digest(presented.encode(), self.token.encode())
-                or hmac.compare_digest(presented.encode(), self.session.encode()))
+        return token_matches(presented, self.token)
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] not in ("http", "websocket") or scope.get("path") in OPEN_PATHS:
@@ -113,6 +112,12 @@ def session_value(token: str) -> str:
     """The page's cookie value for ``token``: HMAC-SHA256 of a fixed label keyed by the token
     (hex). It authorises like the token but does not reveal it; a new token ends all sessions."""
     return hmac.new(token.encode(), b"chatllm-webui page session", hashlib.sha256).hexdigest()
+
+
+def token_matches(presented: str, token: str) -> bool:
+    """Whether ``presented`` is ``token`` or its page-session value (:func:`session_value`),
+    both compared in constant time."""
+    return any([hmac.compare_digest(presented.encode(), t.encode()) for t in (token, session_value(token))])
 
 
 def mask_token(text: str) -> str:

@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from .accounts import MAX_PASSWORD_CHARS, AuthFile
 from .api.admission import WorkLimiter
 from .api.errors import ApiError, error_response
-from .auth import OPEN_PATHS, presented_token, session_value
+from .auth import OPEN_PATHS, presented_token, token_matches
 from .i18n import page_language, t
 
 USER_COOKIE = "chatllm_user"
@@ -169,8 +169,7 @@ class AccountsMiddleware:
         self.app = app
         self.accounts = accounts
         self.is_api = is_api
-        # the token, and the page-session value a browser's ?token= used to set (webui.auth)
-        self.tokens = [t.encode() for t in (token, session_value(token))] if token else []
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] not in ("http", "websocket") or scope.get("path") in OPEN_PATHS | SIGNIN_PATHS:
@@ -178,9 +177,10 @@ class AccountsMiddleware:
         if cookie_user(self.accounts, scope) is not None:
             return await self.app(scope, receive, send)
         api = self.is_api(scope)
-        if api and self.tokens:
+        if api and self.token:
+            # the token, or the page-session value a browser's ?token= used to set (webui.auth)
             presented, _ = presented_token(scope)
-            if presented is not None and any([hmac.compare_digest(presented.encode(), t) for t in self.tokens]):
+            if presented is not None and token_matches(presented, self.token):
                 return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008, "reason": "sign in or send the API token"})
@@ -192,11 +192,11 @@ class AccountsMiddleware:
             target = scope.get("path", "/") + (f"?{query}" if query else "")
             location = f"{scope.get('root_path', '')}/signin?next={quote(target, safe='')}"
             return await RedirectResponse(location, status_code=303)(scope, receive, send)
-        how = ("sign in at /signin, or send the header 'Authorization: <token>'" if api and self.tokens
+        how = ("sign in at /signin, or send the header 'Authorization: <token>'" if api and self.token
                else "sign in at /signin")
         await error_response(401, f"not signed in: {how}", type="authentication_error",
                              code="invalid_api_key" if api else None,
-                             headers={"WWW-Authenticate": "Bearer"} if api and self.tokens else None)(
+                             headers={"WWW-Authenticate": "Bearer"} if api and self.token else None)(
             scope, receive, send)
 
 
