@@ -1,6 +1,6 @@
 """One stream and 8 streams, in one process, plain ``HFChatModel`` vs ``BatchedHFChatModel``
 (KV caches of 1, 4 and 64 full contexts), taking turns round after round, so that a shared
-machine's load hits every variant alike: the check behind ``--batching auto`` on a CPU.
+machine's load hits every variant alike: the check behind the earlier CPU decision (``bench/serving.py --batching off,auto,on`` is the current one).
 
     python bench/batching_ab.py            # demo model, CPU, 516-token prompt, 128 new tokens, 4 rounds
 """

@@ -11,10 +11,12 @@
   the same way, in this process while the server is not running).
 
 CPU (tiny demo model):  python bench/serving.py --cpu
-GPU (Qwen2.5-7B config, random bf16 weights):  python bench/serving.py --random-7b --batching on
+GPU (Qwen2.5-7B config, random bf16 weights):  python bench/serving.py --random-7b --batching off,auto,on
 CI smoke test:  python bench/serving.py --cpu --smoke
---batching off vs on side by side, one run (how ``--batching auto`` was decided):
-    python bench/serving.py --cpu --batching off,on --users 1,8,32
+--batching off (the old CPU default) vs auto (the default) vs on side by side, one run (how
+``--batching auto`` was decided):
+    python bench/serving.py --cpu --batching off,auto,on --users 1,8,32
+    python bench/serving.py --cpu --batching off,auto,on --users 1,8,32 --model-path FOLDER   # e.g. SmolLM2-135M
 """
 from __future__ import annotations
 
@@ -179,9 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--random-7b", action="store_true", help="random bf16 weights, Qwen2.5-7B configuration")
     p.add_argument("--random-layers", type=int, default=None, help="with --random-7b: fewer layers (quick check)")
     p.add_argument("--cpu", action="store_true")
-    p.add_argument("--batching", default="on",
-                   help="the server's --batching: on, off, or several comma-separated (each served in turn, "
-                        "side by side in the result's 'served_by_batching')")
+    p.add_argument("--batching", default="auto",
+                   help="the server's --batching: auto (its default), on, off, or several comma-separated (each "
+                        "served in turn, side by side in the result's 'served_by_batching')")
     p.add_argument("--kv-cache-memory", type=float, default=None,
                    help="the server's --kv-cache-memory (default: not passed, the cache is sized from --max-queue)")
     p.add_argument("--users", default="1,8,32,64", help="concurrent streams, comma-separated")
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     one = plain_generate(chat, messages, args.new_tokens, 3)
     direct = direct_stream(chat, messages, params)
     model = (BatchedHFChatModel.wrap(chat, max_memory_percent=args.kv_cache_memory,
-                                     max_sequences=max(64, 2 * max(users))) if "on" in modes else chat)
+                                     max_sequences=max(64, 2 * max(users))) if "on" in modes else chat)  # batched
     try:
         direct_stream(model, messages, params)  # warm-up
         direct_model = max((direct_stream(model, messages, params) for _ in range(3)), key=lambda r: r["decode_tps"])

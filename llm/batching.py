@@ -9,26 +9,37 @@ server needs (:mod:`llm.kv_budget`) or, when asked, from a share of the device's
 memory.  Each request keeps its own sampling parameters (the manager's
 per-request logits processors), its own stop strings and max_new_tokens, and
 streams its own tokens; the model's repetition penalty, which transformers'
-manager lacks, is added per request (:mod:`llm.batch_penalty`).
+manager lacks, is added per request (:mod:`llm.batch_processors`).  With
+``plain_when_alone`` (``--batching auto`` on a CPU) a request that finds no other
+running is served by plain ``generate`` on the same weights, and moves into the
+manager at its next token when another comes.
 
 Why the library and not a scheduler of ours: it streams per request
 (``streaming=True``), cancels per request, and takes per-request temperature,
 top_k and top_p, which is everything the page and the API need.  What it does
-not route well is the output of many requests at once (``request_id_iter``
-re-queues other requests' results), so one router thread here drains the
-manager's results and hands each to its request's own queue.
+not route well to threads is the output of many requests at once
+(``request_id_iter`` re-queues other requests' results; ``register_result_handler``
+needs an asyncio loop), so the manager's output router is replaced by
+:class:`_QueueRouter`, which puts each output straight on its request's own queue
+from the generation loop: no router thread, one thread hand-off per token.  A
+reader that falls behind takes every output waiting for it at once and sends the
+newest (each carries all the request's tokens so far), so under load the stream
+carries several tokens per piece instead of queueing one wake-up per token.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import threading
+import time
 import uuid
 from typing import Any, Iterator
 
+import torch
 from transformers import GenerationConfig
+from transformers.generation.continuous_batching.continuous_api import OutputRouter
 
-from llm import batch_penalty
+from llm import batch_processors
 from llm.base import Generation, GenerationError, GenerationParams
 from llm.hf import HFChatModel, StopStrings, finish_reason_of
 from llm.kv_budget import KVBudget, device_memory, kv_cache_budget
@@ -39,6 +50,45 @@ logger = logging.getLogger(__name__)
 #: builds a per-request processor for a parameter whose manager value is "active"
 #: (temperature != 1, top_k set, top_p < 1): see cb_logits_processors.py.
 _BASE_SAMPLING = dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.95)
+
+
+#: Seconds between a waiting reader's checks that the generation loop is still alive.
+_HEALTH_CHECK_S = 0.5
+
+
+class _QueueRouter(OutputRouter):
+    """transformers' ``OutputRouter`` that delivers each request's outputs to its own
+    ``queue.Queue`` (``queues[request_id]``), in the generation loop's thread.
+
+    Outputs of a request with no queue (cancelled, already gone) went to the manager's shared
+    ``output_queue``, which nothing reads: :meth:`deliver` drops them instead so it cannot grow.
+    ``last_delivery`` tells a request still waiting for a free part of the KV cache that the
+    loop is busy with others, not hung.
+    """
+
+    def __init__(self, queues: dict[str, queue.Queue]):
+        super().__init__()
+        self._queues = queues
+        self.last_delivery = time.monotonic()  # when the loop last produced an output, for any request
+
+    def deliver(self, output: Any) -> None:
+        self.last_delivery = time.monotonic()
+        q = self._queues.get(output.request_id)  # a dict read: atomic under the GIL
+        if q is not None:
+            q.put(output)
+
+    def deliver_batch(self, outputs: list[Any]) -> None:
+        for output in outputs:
+            self.deliver(output)
+
+
+class _PlainRun:
+    """The lone request served by plain ``generate``: ``handover`` asks it to move to the manager,
+    ``released`` says it has (or has ended), so a newcomer may go in."""
+
+    def __init__(self) -> None:
+        self.handover = threading.Event()
+        self.released = threading.Event()
 
 
 class BatchedHFChatModel(HFChatModel):
@@ -57,15 +107,27 @@ class BatchedHFChatModel(HFChatModel):
             a CPU, transformers' 8192 on a GPU.
         compile_level: 0 (eager) to 3: transformers' default torch.compile configs for the
             prefill and decode paths (``--compile`` uses 1); higher = faster, longer warm-up.
+        plain_when_alone: serve a request that finds no other running with plain ``generate``
+            (:class:`HFChatModel`'s path) on the same weights; when a second comes, the first
+            moves into the manager at its next token and both go on batched (``--batching auto``
+            on a CPU).  Why: on a CPU the manager's per-step scheduling makes one stream alone
+            slower than ``generate`` (4% with SmolLM2-135M, 18% with the demo model), while 8
+            streams batched give 3.6x one plain stream with SmolLM2 (docs/benchmarks.md,
+            "Batching by default?").  Only where batching kept the model's attention (``sdpa`` or
+            flash, which ``generate`` also runs); ignored, with all requests batched, after a
+            switch to ``paged|eager``.
 
     Greedy requests use top_k=1 (the most likely token, exactly greedy decoding);
     ``top_k=0`` ("no top-k filter") becomes the vocabulary size.  The model's
     ``generation_config.repetition_penalty`` (Qwen2.5: 1.05) applies to every request, as
     with ``generate``; while it is on, CUDA graphs and async batching are off
-    (:mod:`llm.batch_penalty`).
+    (:mod:`llm.batch_processors`).
 
     Attributes:
         kv_budget: the :class:`~llm.kv_budget.KVBudget` used, or None with ``max_memory_percent``.
+        plain_when_alone: whether lone requests use plain ``generate`` (see the argument).
+        served: requests so far, ``{"plain": n, "batched": n, "handed over": n}`` (started plain or
+            batched; plain ones moved to the manager when another came).
 
     Raises:
         RuntimeError: when the manager cannot start (the loader then falls back to
@@ -74,7 +136,7 @@ class BatchedHFChatModel(HFChatModel):
 
     def __init__(self, model: Any, tokenizer: Any, *, max_memory_percent: float | None = None,
                  max_sequences: int = 64, max_batch_tokens: int | None = None, compile_level: int = 0,
-                 **kwargs: Any):
+                 plain_when_alone: bool = False, **kwargs: Any):
         super().__init__(model, tokenizer, **kwargs)
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
@@ -110,13 +172,19 @@ class BatchedHFChatModel(HFChatModel):
         self._vocab = int(text_config.vocab_size)
         self._manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=cb_config)
         if penalty not in (None, 1.0):
-            batch_penalty.install(self._manager, float(penalty))
-        self._manager.start()
+            batch_processors.install(self._manager, float(penalty))
+        if model.device.type == "cpu":  # a data-dependent branch: not inside CUDA graphs, no GPU sync per step
+            batch_processors.speed_up_sampling(self._manager)
+        attention = str(model.config._attn_implementation)
+        self.plain_when_alone = plain_when_alone and (attention == "sdpa" or "flash" in attention)
+        self._dispatch = threading.Lock()  # one decision at a time: plain alone, or batched
+        self._plain: _PlainRun | None = None  # the request now served alone by plain generate
+        self.served = {"plain": 0, "batched": 0, "handed over": 0}
         self._queues: dict[str, queue.Queue] = {}
-        self._queues_lock = threading.Lock()
+        self._manager.output_router = _QueueRouter(self._queues)  # before start(): the loop reads it then
         self._closed = threading.Event()
-        self._router = threading.Thread(target=self._route, name="llm-batch-router", daemon=True)
-        self._router.start()
+        with torch.inference_mode():  # the loop runs in the inference mode start() is called in
+            self._manager.start()
 
     @classmethod
     def wrap(cls, chat: HFChatModel, **kwargs: Any) -> "BatchedHFChatModel":
@@ -124,72 +192,129 @@ class BatchedHFChatModel(HFChatModel):
 
         Args:
             chat: a loaded :class:`HFChatModel` (see :func:`llm.loader.load_chat_model`).
-            kwargs: ``max_memory_percent``, ``max_sequences``, ``max_batch_tokens``, ``compile_level``
-                (see the class).
+            kwargs: ``max_memory_percent``, ``max_sequences``, ``max_batch_tokens``, ``compile_level``,
+                ``plain_when_alone`` (see the class).
         """
         return cls(chat.model, chat.tokenizer, name=chat.name, use_template=chat.use_template,
                    chat_template=chat.chat_template, is_demo=chat.is_demo, stream_timeout=chat.stream_timeout,
                    **kwargs)
 
-    # ------------------------------------------------------------------ router thread
-    def _route(self) -> None:
-        """Drain the manager's results into each request's queue until closed; on a
-        fatal error in the generation loop, fail every waiting request."""
-        status = self._manager.background_thread_status
-        while not self._closed.is_set():
-            result = self._manager.get_result(timeout=0.1)
-            if result is None:
-                if status.fatal_error is not None or not self._manager.is_running():
-                    self._fail_all(status.fatal_error or RuntimeError("the batching loop stopped"))
-                    if self._closed.wait(0.1):
-                        return
-                continue
-            with self._queues_lock:
-                q = self._queues.get(result.request_id)
-            if q is not None:
-                q.put(result)
-
-    def _fail_all(self, error: BaseException) -> None:
-        with self._queues_lock:
-            waiting = list(self._queues.values())
-        for q in waiting:
-            q.put(error)
-
     # ------------------------------------------------------------------ one request
+    def _loop_error(self) -> BaseException | None:
+        """Why the generation loop is no longer running, or None while it runs."""
+        fatal = self._manager.background_thread_status.fatal_error
+        if fatal is not None:
+            return fatal
+        if self._closed.is_set() or not self._manager.is_running():
+            return RuntimeError("the batching loop stopped")
+        return None
+
+    def _next_output(self, q: queue.Queue) -> Any:
+        """The newest output waiting on ``q`` (blocking until one comes).
+
+        Raises:
+            GenerationError: the generation loop produced nothing, for any request, within
+                ``stream_timeout`` seconds (a request waiting for room in the KV cache while others
+                run waits on), the loop stopped, or the output carries an error.
+        """
+        router = self._manager.output_router
+        since = time.monotonic()
+        while True:
+            try:
+                item = q.get(timeout=min(_HEALTH_CHECK_S, self.stream_timeout))
+                break
+            except queue.Empty:
+                error = self._loop_error()
+                if error is not None:
+                    raise GenerationError(f"generation with {self.name!r} failed: {error!r}") from error
+                # waiting in the manager's queue while it serves others is not a hang
+                if time.monotonic() - max(since, router.last_delivery) >= self.stream_timeout:
+                    raise GenerationError(f"{self.name!r} produced no token within {self.stream_timeout} s") from None
+        while not item.error and not item.is_finished():
+            try:
+                item = q.get_nowait()  # fell behind: the newest output holds every token so far
+            except queue.Empty:
+                break
+        if item.error:
+            raise GenerationError(f"generation with {self.name!r} failed: {item.error}")
+        return item
+
     def _request_kwargs(self, params: GenerationParams) -> dict[str, Any]:
         if params.greedy:
-            return {"top_k": 1}
+            return {"top_k": 1, "top_p": 1.0}  # top-p 1 filters nothing: skipped on a CPU
         return {"temperature": float(params.temperature), "top_k": int(params.top_k or self._vocab),
                 "top_p": float(params.top_p)}
 
     def _generate(self, input_ids: list[int], params: GenerationParams, max_new_tokens: int,
                   gen: Generation) -> Iterator[str]:
-        """Submit the request, then yield its text as its tokens arrive (see :meth:`HFChatModel.stream`);
-        sets ``gen``'s ``completion_tokens`` and ``finish_reason`` from the manager's tokens."""
+        """Yield the request's text as its tokens arrive (see :meth:`HFChatModel.stream`).
+
+        With ``plain_when_alone``, a request that finds no other running is served by plain
+        ``generate``; when another comes, the lone one is handed over to the manager at its next
+        token (its prompt and tokens so far become the manager's prompt: one more prefill), and
+        the newcomer waits for that before it joins, so the two never run side by side.
+        """
         rid = f"chat-{uuid.uuid4().hex}"
         q: queue.Queue = queue.Queue()
-        with self._queues_lock:
-            self._queues[rid] = q
+        with self._dispatch:
+            plain = self.plain_when_alone and self._plain is None and not self._queues
+            running = self._plain
+            if plain:
+                running = self._plain = _PlainRun()
+            else:
+                self._queues[rid] = q  # from here on a newcomer sees this request running
+                if running is not None:
+                    running.handover.set()
+            self.served["plain" if plain else "batched"] += 1
+        if not plain:
+            if running is not None:
+                running.released.wait(self.stream_timeout)
+            yield from self._generate_batched(rid, q, input_ids, params, max_new_tokens, gen)
+            return
+        try:
+            rest = yield from super()._generate(input_ids, params, max_new_tokens, gen, handover=running.handover)
+            if rest is None:
+                return  # answered alone
+            generated, stop = rest
+            with self._dispatch:
+                self._queues[rid] = q
+                self._plain = None
+                self.served["handed over"] += 1
+            yield from self._generate_batched(rid, q, input_ids, params, max_new_tokens, gen,
+                                              generated=generated, stop=stop, submitted=running.released)
+        finally:
+            with self._dispatch:
+                self._plain = None
+            running.released.set()
+
+    def _generate_batched(self, rid: str, q: queue.Queue, input_ids: list[int], params: GenerationParams,
+                          max_new_tokens: int, gen: Generation, *, generated: list[int] | None = None,
+                          stop: StopStrings | None = None, submitted: threading.Event | None = None
+                          ) -> Iterator[str]:
+        """Submit the request (already registered under ``rid`` with queue ``q``), then yield its text
+        as its tokens arrive; sets ``gen``'s ``completion_tokens`` and ``finish_reason`` from the
+        manager's tokens.
+
+        ``generated`` (tokens the answer already has, from a handed-over plain run, whose text was
+        yielded but for what ``stop`` holds back) go in with the prompt; ``max_new_tokens`` counts
+        them.  ``submitted`` is set once the request is in the manager.
+        """
+        generated = list(generated or ())
+        stop = stop if stop is not None else StopStrings(params.stop)
         finished = False
         try:
-            submitted = self._manager.add_request(input_ids, request_id=rid, max_new_tokens=max_new_tokens,
-                                                  streaming=True, eos_token_id=self._eos,
-                                                  **self._request_kwargs(params))
-            if submitted is None:
+            accepted = self._manager.add_request(input_ids + generated, request_id=rid,
+                                                 max_new_tokens=max_new_tokens - len(generated), streaming=True,
+                                                 eos_token_id=self._eos, **self._request_kwargs(params))
+            if submitted is not None:
+                submitted.set()
+            if accepted is None:
                 raise GenerationError(f"{self.name!r} is not accepting requests (the batching loop stopped)")
-            sent = ""  # text already yielded or held back, decoded from all tokens so far
-            stop = StopStrings(params.stop)
+            sent = self.tokenizer.decode(generated, skip_special_tokens=True)  # text yielded or held back
             while True:
-                try:
-                    item = q.get(timeout=self.stream_timeout)
-                except queue.Empty:
-                    raise GenerationError(f"{self.name!r} produced no token within {self.stream_timeout} s") from None
-                if isinstance(item, BaseException):
-                    raise GenerationError(f"generation with {self.name!r} failed: {item!r}") from item
-                if item.error:
-                    raise GenerationError(f"generation with {self.name!r} failed: {item.error}")
+                item = self._next_output(q)
                 finished = item.is_finished()
-                tokens = item.generated_tokens
+                tokens = generated + list(item.generated_tokens)
                 gen.completion_tokens = len(tokens)
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 if not finished and text.endswith("\ufffd"):
@@ -204,15 +329,16 @@ class BatchedHFChatModel(HFChatModel):
                 if stop.stopped or finished:
                     return
         finally:
+            if submitted is not None:
+                submitted.set()
             if not finished:
                 self._manager.cancel_request(rid)
-            with self._queues_lock:
-                self._queues.pop(rid, None)
+            self._queues.pop(rid, None)
 
     def close(self) -> None:
-        """Stop the batching loop and the router thread (idempotent)."""
+        """Stop the batching loop (idempotent); a request still waiting fails within
+        half a second with a :class:`GenerationError`."""
         if self._closed.is_set():
             return
         self._closed.set()
         self._manager.stop(block=True, timeout=30)
-        self._router.join(5)

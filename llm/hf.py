@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Generator, Iterator, Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -28,19 +28,33 @@ _SANE_CONTEXT = 10_000_000  # tokenizer.model_max_length is 1e30 when unset
 
 class _StopOnEvent(StoppingCriteria):
     """Stops ``generate`` at the next step once ``event`` is set; records, at every step,
-    the sequence's length and last token (``generate`` calls it after appending each token),
-    from which the answer's token count and finish reason are read."""
+    the sequence's length, last token and ids (``generate`` calls it after appending each token),
+    from which the answer's token count and finish reason are read.
 
-    def __init__(self, event: threading.Event):
+    ``handover`` (optional) stops it too, but only at a token boundary that is also a character
+    boundary (the last tokens do not decode to a broken character), so that the answer can go on
+    elsewhere from exactly these ids (:class:`llm.batching.BatchedHFChatModel`).
+    """
+
+    def __init__(self, event: threading.Event, handover: threading.Event | None = None, tokenizer: Any = None):
         self.event = event
+        self.handover = handover
+        self.tokenizer = tokenizer
         self.length = 0
         self.last: int | None = None
+        self.ids: torch.Tensor | None = None  # [length], prompt + generated so far
+        self.handed_over = False
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        """Return a ``(batch,)`` bool tensor, all True once the event is set."""
+        """Return a ``(batch,)`` bool tensor, all True once the event (or the handover) is set."""
         self.length = int(input_ids.shape[1])
         self.last = int(input_ids[0, -1])
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        self.ids = input_ids[0]
+        stop = self.event.is_set()
+        if not stop and self.handover is not None and self.handover.is_set():
+            tail = self.tokenizer.decode(input_ids[0, -4:], skip_special_tokens=True)
+            stop = self.handed_over = not tail.endswith("\ufffd")
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 def finish_reason_of(generated: int, last_token: int | None, eos: set[int], max_new_tokens: int,
@@ -272,16 +286,22 @@ class HFChatModel(ChatModel):
             self._lock.release()
 
     def _generate(self, input_ids: list[int], params: GenerationParams, max_new_tokens: int,
-                  gen: Generation) -> Iterator[str]:
+                  gen: Generation, handover: threading.Event | None = None
+                  ) -> Generator[str, None, "tuple[list[int], StopStrings] | None"]:
         """The pieces of the :class:`Generation` returned by :meth:`stream`; sets its
-        ``completion_tokens`` and ``finish_reason`` before it ends."""
+        ``completion_tokens`` and ``finish_reason`` before it ends.
+
+        ``handover`` set stops the answer early, unfinished, at the next character boundary; the
+        generator then returns the generated token ids so far and the :class:`StopStrings` holding
+        any held-back text, for the answer to go on elsewhere; otherwise it returns None.
+        """
         stop_event = threading.Event()
         errors: list[BaseException] = []
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.stream_timeout
         )
         kwargs = self._generate_kwargs(input_ids, params, max_new_tokens)
-        progress = _StopOnEvent(stop_event)
+        progress = _StopOnEvent(stop_event, handover, self.tokenizer)
         kwargs["stopping_criteria"] = StoppingCriteriaList([progress])
         thread = threading.Thread(
             target=self._run, args=(kwargs, streamer, errors), name=GENERATE_THREAD_NAME, daemon=True
@@ -314,6 +334,9 @@ class HFChatModel(ChatModel):
             if errors:
                 raise GenerationError(f"generation with {self.name!r} failed: {errors[0]!r}") from errors[0]
             gen.completion_tokens = max(0, progress.length - len(input_ids))
+            if (progress.handed_over and progress.last not in self.eos_token_ids()
+                    and gen.completion_tokens < max_new_tokens):
+                return progress.ids[len(input_ids):].tolist(), stop
             gen.finish_reason = finish_reason_of(gen.completion_tokens, progress.last, self.eos_token_ids(),
                                                  max_new_tokens, False)
             rest = stop.feed("", final=True)

@@ -329,12 +329,21 @@ def load_chat_model(
     return _load(DEFAULT_MODEL_PATH, found, name=DEFAULT_MODEL_PATH, **options)
 
 
-def use_batching(batching: str, device: str) -> bool:
-    """Whether ``--batching`` (``on``/``off``/``auto``) serves with continuous batching on
-    ``device``: ``auto`` means on with a CUDA GPU, off on the CPU, where one stream alone is
-    about half as fast batched (transformers' scheduler per step) and 8 streams give 1.9-2.6x
-    one stream, not the 3x that would pay for it (docs/benchmarks.md, 'Batching by default?')."""
-    return batching == "on" or (batching == "auto" and device.startswith("cuda"))
+def use_batching(batching: str) -> bool:
+    """Whether ``--batching`` (``on``/``off``/``auto``) serves with continuous batching:
+    ``auto`` and ``on`` do, ``off`` does not.  On a CPU ``auto`` serves a lone
+    request with plain ``generate`` and batches only when several run at once
+    (:func:`plain_when_alone`)."""
+    return batching in ("on", "auto")
+
+
+def plain_when_alone(batching: str, device: str) -> bool:
+    """Whether a lone request is served by plain ``generate`` (``BatchedHFChatModel``'s
+    ``plain_when_alone``): with ``--batching auto`` on a CPU, where the manager's per-step
+    scheduling makes one stream alone 4-18% slower than ``generate`` while 8 streams batched give
+    3.6-4x one plain stream with SmolLM2-135M (docs/benchmarks.md, 'Batching by default?').  Not
+    on a GPU, where the manager's CUDA graphs are meant for one stream too (unmeasured here)."""
+    return batching == "auto" and not device.startswith("cuda")
 
 
 def load_backend(settings: Any):
@@ -348,26 +357,29 @@ def load_backend(settings: Any):
     model = load_chat_model(settings.model_path, cpu=settings.cpu, precision=settings.precision,
                             use_template=not settings.no_template, model_type=settings.model_type,
                             demo_dir=settings.demo_dir, lora_path=settings.lora_path)
-    if not use_batching(settings.batching, model.model.device.type):
+    if not use_batching(settings.batching):
         if settings.compile:
             model.use_static_cache()
         return model
     from llm.batching import BatchedHFChatModel
 
+    device = model.model.device.type
     try:
         batched = BatchedHFChatModel.wrap(model, max_memory_percent=settings.kv_cache_memory,
                                           max_sequences=settings.max_queue, max_batch_tokens=settings.max_batch_tokens,
-                                          compile_level=1 if settings.compile else 0)
+                                          compile_level=1 if settings.compile else 0,
+                                          plain_when_alone=plain_when_alone(settings.batching, device))
     except Exception:  # noqa: BLE001 - an unsupported model still serves, one request at a time
         logger.exception("continuous batching could not start; serving one request at a time")
         return model
+    alone = "; a request alone: plain generate" if batched.plain_when_alone else ""
     if batched.kv_budget is None:
-        logger.info("continuous batching on (KV cache: --kv-cache-memory %s of the device's memory)",
-                    settings.kv_cache_memory)
+        logger.info("continuous batching on (KV cache: --kv-cache-memory %s of the device's memory%s)",
+                    settings.kv_cache_memory, alone)
     else:
         budget = batched.kv_budget
-        logger.info("continuous batching on (KV cache: %d tokens, %.0f MiB%s)", budget.tokens, budget.bytes / 2**20,
-                    ", capped by the device: longer waits when busy" if budget.capped else "")
+        logger.info("continuous batching on (KV cache: %d tokens, %.0f MiB%s%s)", budget.tokens, budget.bytes / 2**20,
+                    ", capped by the device: longer waits when busy" if budget.capped else "", alone)
     return batched
 
 
@@ -385,7 +397,8 @@ BACKEND = Backend(
     flags=(
         Flag("batching", dict(choices=["auto", "on", "off"], help=(
             "serve concurrent requests in shared forward passes (transformers' continuous batching); "
-            "auto = on with a GPU, off on CPU"))),
+            "auto = on; on a CPU a request alone is served by plain generate (faster there) until "
+            "another comes; on = every request batched; off = one request at a time"))),
         Flag("kv-cache-memory", dict(type=float, metavar="FRACTION",
                                      help="size the batched KV cache as this share (0-1] of the device's memory "
                                           "(free GPU memory; total RAM on CPU) instead of from --max-queue full "

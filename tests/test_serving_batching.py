@@ -2,19 +2,24 @@
 streams interleave, each gets its own answer, parameters are honoured per request,
 the model's repetition penalty is applied as ``generate`` applies it, the KV cache has the
 size the budget says, closing a stream cancels it, and a dead batching loop fails
-requests instead of hanging."""
+requests instead of hanging.  With ``plain_when_alone`` (``--batching auto`` on a CPU) a lone
+request runs on plain ``generate`` and moves into the batch, answer unchanged, when another
+comes."""
 from __future__ import annotations
 
+import queue
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from llm.base import GenerationError, GenerationParams
 from llm.batching import BatchedHFChatModel
 from llm.demo import build_demo_model
 from llm.kv_budget import CPU_MAX_BATCH_TOKENS, PAGE_SIZE, kv_cache_budget
-from llm.loader import load_chat_model, use_batching
+from llm.loader import load_chat_model, plain_when_alone, use_batching
 
 GREEDY = GenerationParams(max_new_tokens=24, temperature=0)
 
@@ -157,7 +162,116 @@ def test_repetition_penalty_applies_as_with_generate(plain, batched):
     assert ["".join(x for _, x in r) for r in results] == expected
 
 
-def test_auto_batching_is_on_with_a_gpu_and_off_on_cpu():
-    # measured (docs/benchmarks.md): one stream is about half as fast batched on this CPU
-    assert use_batching("auto", "cuda") and not use_batching("auto", "cpu")
-    assert not use_batching("off", "cuda") and use_batching("on", "cpu")
+def test_auto_batching_is_on_and_serves_a_lone_request_plainly_on_a_cpu():
+    # measured (docs/benchmarks.md, "Batching by default?"): batched, one stream alone is slower
+    # than generate on this CPU, while 8 streams give 3.6-4x one plain stream with SmolLM2-135M
+    assert use_batching("auto") and use_batching("on") and not use_batching("off")
+    assert plain_when_alone("auto", "cpu") and not plain_when_alone("auto", "cuda")
+    assert not plain_when_alone("on", "cpu"), "--batching on batches every request"
+
+
+@pytest.fixture(scope="module")
+def hybrid(plain):
+    model = BatchedHFChatModel.wrap(plain, max_sequences=4, plain_when_alone=True)
+    assert model.plain_when_alone, "the demo model keeps sdpa attention under batching"
+    yield model
+    model.close()
+
+
+def test_a_lone_request_is_served_by_plain_generate(plain, hybrid):
+    before = dict(hybrid.served)
+    params = GenerationParams(max_new_tokens=30, temperature=0)
+    gen = hybrid.stream(ask("a question alone"), params)
+    text = "".join(gen)
+    assert text == plain.chat(ask("a question alone"), params)
+    assert hybrid.served["plain"] == before["plain"] + 1 and hybrid.served["batched"] == before["batched"]
+    assert gen.finish_reason == "length" and gen.completion_tokens == 30
+
+
+@pytest.mark.parametrize("with_stop", [False, True])
+def test_a_lone_request_moves_into_the_batch_when_another_comes(plain, hybrid, with_stop):
+    first, second = ask("tell me about the sea " * 2), ask("numbers please")
+    params = GenerationParams(max_new_tokens=80, temperature=0)
+    full = plain.chat(first, params)
+    expected_second = plain.chat(second, GREEDY)
+    stop = full[len(full) * 3 // 4: len(full) * 3 // 4 + 4] if with_stop else None
+    if with_stop:
+        assert full.index(stop) > len(full) // 2, "the stop string comes after the hand-over"
+        params = GenerationParams(max_new_tokens=80, temperature=0, stop=(stop,))
+    before = dict(hybrid.served)
+    gen = hybrid.stream(first, params)
+    pieces = [next(gen)]  # the first request is running, alone, on plain generate
+    assert hybrid.served["plain"] == before["plain"] + 1
+    other: list[str] = []
+    joiner = threading.Thread(target=lambda: other.append(hybrid.chat(second, GREEDY)))
+    joiner.start()
+    pieces.extend(gen)
+    joiner.join(60)
+    assert not joiner.is_alive(), "the second request finished"
+    assert hybrid.served["handed over"] == before["handed over"] + 1, "the first moved into the batch"
+    assert hybrid.served["batched"] == before["batched"] + 1
+    assert "".join(pieces) == (full[:full.index(stop)] if with_stop else full), "the answer is unchanged"
+    assert other == [expected_second]
+    if with_stop:
+        assert gen.finish_reason == "stop"
+    else:
+        assert gen.finish_reason == "length" and gen.completion_tokens == 80
+
+
+def test_a_newcomer_after_the_lone_request_ended_is_served_plainly_again(hybrid):
+    hybrid.chat(ask("one"), GREEDY)
+    before = dict(hybrid.served)
+    hybrid.chat(ask("two"), GREEDY)
+    assert hybrid.served["plain"] == before["plain"] + 1 and not hybrid._queues and hybrid._plain is None
+
+
+@pytest.mark.parametrize("ks", [[1, 1, 1], [1, 50, 7], [3, 2000, 1361], [2000, 5000, 1361]])
+def test_fast_top_k_filters_exactly_as_transformers_top_k(ks):
+    from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingTopKLogitsWarper
+    from transformers.generation.logits_process import TopKLogitsWarper
+
+    from llm.batch_processors import FastTopK
+    original = ContinuousBatchingTopKLogitsWarper(TopKLogitsWarper(top_k=50))
+    fast = FastTopK(TopKLogitsWarper(top_k=50))
+    scores = torch.randn(len(ks), 1361, generator=torch.Generator().manual_seed(sum(ks)))
+    scores[0, :10] = scores[0, 10]  # ties at the threshold are kept by both
+    k = torch.tensor(ks, dtype=torch.int32)
+    assert torch.equal(fast(scores.clone(), k), original(scores.clone(), k))
+
+
+@pytest.mark.parametrize("ps", [[1.0, 1.0], [0.9, 1.0], [0.5, 0.95]])
+def test_skippable_top_p_filters_exactly_as_transformers_top_p(ps):
+    from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingTopPLogitsWarper
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from llm.batch_processors import SkippableTopP
+    original = ContinuousBatchingTopPLogitsWarper(TopPLogitsWarper(top_p=0.95))
+    skippable = SkippableTopP(TopPLogitsWarper(top_p=0.95))
+    scores = torch.randn(len(ps), 1361, generator=torch.Generator().manual_seed(7))
+    p = torch.tensor(ps, dtype=torch.float32).view(dtype=torch.int32)
+    assert torch.equal(skippable(scores.clone(), p), original(scores.clone(), p))
+
+
+def test_a_request_waiting_while_the_loop_serves_others_does_not_time_out(batched):
+    """A request queued for room in the KV cache gets nothing for a while; as long as the loop
+    delivers to other requests it waits on, and only a silent loop times it out."""
+    router = batched._manager.output_router
+    saved = batched.stream_timeout
+    batched.stream_timeout = 1.0
+    q: queue.Queue = queue.Queue()
+    busy = threading.Event()
+
+    def others_served_then_ours():
+        for _ in range(25):  # 2.5 s of the loop working for other requests
+            router.last_delivery = time.monotonic()
+            time.sleep(0.1)
+        q.put(SimpleNamespace(error=None, is_finished=lambda: True))
+        busy.set()
+    try:
+        threading.Thread(target=others_served_then_ours, daemon=True).start()
+        assert batched._next_output(q).is_finished(), "waited past stream_timeout while others were served"
+        assert busy.is_set()
+        with pytest.raises(GenerationError, match="produced no token"):
+            batched._next_output(queue.Queue())  # nothing delivered to anyone: a hang
+    finally:
+        batched.stream_timeout = saved

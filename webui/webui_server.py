@@ -115,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its "could not load AVX512" lines are noise
+    # transformers' batching manager logs its cache sizing, seed and thread stops at INFO in its own
+    # format; llm.loader logs the one line that matters ("continuous batching on (KV cache: ...)")
+    if settings.log_level.upper() != "DEBUG":
+        logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
     if settings.auth_file is not None:
         from webui.accounts import AuthFile, AuthFileError
 
