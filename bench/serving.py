@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     one = plain_generate(chat, messages, args.new_tokens, 3)
     direct = direct_stream(chat, messages, params)
     model = (BatchedHFChatModel.wrap(chat, max_memory_percent=args.kv_cache_memory,
-                                     max_sequences=max(64, 2 * max(users))) if "on" in modes else chat)  # batched
+                                     max_sequences=max(64, 2 * max(users))) if "on" in modes else chat)
     try:
         direct_stream(model, messages, params)  # warm-up
         direct_model = max((direct_stream(model, messages, params) for _ in range(3)), key=lambda r: r["decode_tps"])

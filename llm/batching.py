@@ -297,7 +297,8 @@ class BatchedHFChatModel(HFChatModel):
 
         ``generated`` (tokens the answer already has, from a handed-over plain run, whose text was
         yielded but for what ``stop`` holds back) go in with the prompt; ``max_new_tokens`` counts
-        them.  ``submitted`` is set once the request is in the manager.
+        them.  ``submitted`` is set once the request is in the manager (if submitting fails, the
+        caller's ``finally`` sets it).
         """
         generated = list(generated or ())
         stop = stop if stop is not None else StopStrings(params.stop)
@@ -329,8 +330,6 @@ class BatchedHFChatModel(HFChatModel):
                 if stop.stopped or finished:
                     return
         finally:
-            if submitted is not None:
-                submitted.set()
             if not finished:
                 self._manager.cancel_request(rid)
             self._queues.pop(rid, None)

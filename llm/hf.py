@@ -40,15 +40,22 @@ class _StopOnEvent(StoppingCriteria):
         self.event = event
         self.handover = handover
         self.tokenizer = tokenizer
-        self.length = 0
-        self.last: int | None = None
         self.ids: torch.Tensor | None = None  # [length], prompt + generated so far
         self.handed_over = False
 
+    @property
+    def length(self) -> int:
+        """Tokens in the sequence so far, prompt included (0 before the first step)."""
+        return 0 if self.ids is None else int(self.ids.shape[0])
+
+    @property
+    def last(self) -> int | None:
+        """The sequence's last token id (None before the first step); read on demand, so a
+        GPU tensor is not synchronised on every step."""
+        return None if self.ids is None else int(self.ids[-1])
+
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         """Return a ``(batch,)`` bool tensor, all True once the event (or the handover) is set."""
-        self.length = int(input_ids.shape[1])
-        self.last = int(input_ids[0, -1])
         self.ids = input_ids[0]
         stop = self.event.is_set()
         if not stop and self.handover is not None and self.handover.is_set():
