@@ -79,7 +79,9 @@ def upload_deepspeed_docs(corpus: Path, upload_url: str, search_url: str, kb: st
     files = [("files", (n, (corpus / "deepspeed" / n).read_bytes())) for n in ("README.md", "zero.md")]
     r = httpx.post(f"{upload_url}/v1/knowledge/{kb}/files", files=files, timeout=600)
     assert [f["status"] for f in r.json()["files"]] == ["added", "added"], r.text
-    hits = httpx.post(f"{search_url}/v1/knowledge/{kb}/search", json=INSTALL_QUESTION, timeout=60).json()["results"]
+    r = httpx.post(f"{search_url}/v1/knowledge/{kb}/search", json=INSTALL_QUESTION, timeout=60)
+    assert r.status_code == 200, f"search through {search_url}: {r.status_code} {r.text}"
+    hits = r.json()["results"]
     assert any("pip install deepspeed" in h["text"] for h in hits), hits
     listed = httpx.get(f"{search_url}/v1/knowledge/{kb}/files", timeout=30).json()["files"]
     return {f["name"]: f["chunks"] for f in listed}
