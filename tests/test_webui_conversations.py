@@ -219,10 +219,12 @@ def test_a_conversation_survives_a_restart_and_a_kill_loses_only_the_answer_in_p
     srv.wait()
     first = client(srv.url)
     first.predict(me, "auto", api_name="/conversations_init")  # what the page does on load with the kept id
-    chatbot, _ = first.predict("hello, keep this", "sys", 8, 0.7, 20, 0.8, 5, api_name="/chat")
+    # greedy (temperature 0): the same conversation every run, so the long answer below is long
+    # every run (sampled, the demo model now and then ended it with EOS before the kill)
+    chatbot, _ = first.predict("hello, keep this", "sys", 8, 0, 20, 0.8, 5, api_name="/chat")
     kept_answer = text_of(chatbot[-1]["content"])
     # a long answer, killed (SIGKILL) while it streams
-    job = first.submit("now a long answer", "sys", 4000, 1.0, 0, 1.0, 5, api_name="/chat")
+    job = first.submit("now a long answer", "sys", 4000, 0, 0, 1.0, 5, api_name="/chat")
     deadline = time.monotonic() + 120
     while len(job.outputs()) < 3 and time.monotonic() < deadline and not job.done():
         time.sleep(0.05)
