@@ -12,7 +12,8 @@ streams its own tokens; the model's repetition penalty, which transformers'
 manager lacks, is added per request (:mod:`llm.batch_processors`).  With
 ``plain_when_alone`` (``--batching auto`` on a CPU) a request that finds no other
 running is served by plain ``generate`` on the same weights, and moves into the
-manager at its next token when another comes.
+manager at its next token when another comes; the manager's loop then runs only while
+requests are batched.
 
 Why the library and not a scheduler of ours: it streams per request
 (``streaming=True``), cancels per request, and takes per-request temperature,
@@ -41,7 +42,7 @@ from transformers.generation.continuous_batching.continuous_api import OutputRou
 
 from llm import batch_processors
 from llm.base import Generation, GenerationError, GenerationParams
-from llm.hf import HFChatModel, StopStrings, finish_reason_of
+from llm.hf import HFChatModel, IncrementalDecoder, StopStrings, finish_reason_of
 from llm.kv_budget import KVBudget, device_memory, kv_cache_budget
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,12 @@ _BASE_SAMPLING = dict(do_sample=True, temperature=0.7, top_k=50, top_p=0.95)
 
 #: Seconds between a waiting reader's checks that the generation loop is still alive.
 _HEALTH_CHECK_S = 0.5
+
+#: With ``plain_when_alone``: seconds the generation loop stays up after its last batched request.
+#: A restart builds the batch processor and its KV cache again, which adds ~60 ms to the first token
+#: of the request that starts a burst (demo model, 2-core CPU; 10-20 ms with the loop running), so
+#: a few seconds keep steady traffic from restarting it while a lone chat afterwards runs unthrottled.
+IDLE_STOP_S = 5.0
 
 
 class _QueueRouter(OutputRouter):
@@ -115,7 +122,9 @@ class BatchedHFChatModel(HFChatModel):
             streams batched give 3.6x one plain stream with SmolLM2 (docs/benchmarks.md,
             "Batching by default?").  Only where batching kept the model's attention (``sdpa`` or
             flash, which ``generate`` also runs); ignored, with all requests batched, after a
-            switch to ``paged|eager``.
+            switch to ``paged|eager``.  The manager's generation loop then runs only while
+            requests are batched: started by the first, stopped :data:`IDLE_STOP_S` seconds after
+            the last (a live loop thread's OpenMP threads slowed a lone plain stream by 10-20%).
 
     Greedy requests use top_k=1 (the most likely token, exactly greedy decoding);
     ``top_k=0`` ("no top-k filter") becomes the vocabulary size.  The model's
@@ -128,6 +137,7 @@ class BatchedHFChatModel(HFChatModel):
         plain_when_alone: whether lone requests use plain ``generate`` (see the argument).
         served: requests so far, ``{"plain": n, "batched": n, "handed over": n}`` (started plain or
             batched; plain ones moved to the manager when another came).
+        loop_starts: times the manager's generation loop was started (1 without ``plain_when_alone``).
 
     Raises:
         RuntimeError: when the manager cannot start (the loader then falls back to
@@ -183,8 +193,52 @@ class BatchedHFChatModel(HFChatModel):
         self._queues: dict[str, queue.Queue] = {}
         self._manager.output_router = _QueueRouter(self._queues)  # before start(): the loop reads it then
         self._closed = threading.Event()
+        # With plain_when_alone the loop runs only while requests are batched: a live loop thread
+        # keeps its OpenMP threads, and with more of them than cores every thread, the lone
+        # request's too, spins for only 100 turns before sleeping (libgomp's throttled spin count),
+        # which made one plain stream 10-20% slower (docs/benchmarks.md, "Streaming text per token").
+        self._on_demand = self.plain_when_alone
+        self._stop_timer: threading.Timer | None = None  # stops the idle loop (on demand only)
+        self.loop_starts = 0  # times the generation loop was started
+        if not self._on_demand:
+            self._start_loop()
+
+    def _start_loop(self) -> None:
+        """Start the manager's generation loop thread (which builds its batch processor and KV cache)."""
         with torch.inference_mode():  # the loop runs in the inference mode start() is called in
             self._manager.start()
+        self.loop_starts += 1
+
+    def _loop_needed(self) -> None:
+        """A request is about to be batched (caller holds ``_dispatch``): cancel an idle stop and
+        start the loop if it is not running."""
+        if not self._on_demand:
+            return
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+            self._stop_timer = None
+        if not self._manager.is_running():
+            self._start_loop()
+
+    def _loop_maybe_idle(self) -> None:
+        """A batched request ended (caller holds ``_dispatch``): with none left, stop the loop
+        after :data:`IDLE_STOP_S` seconds unless another comes meanwhile."""
+        if not self._on_demand or self._queues or self._closed.is_set() or self._stop_timer is not None:
+            return
+        timer = threading.Timer(IDLE_STOP_S, self._stop_if_idle)
+        timer.daemon = True
+        self._stop_timer = timer
+        timer.start()
+
+    def _stop_if_idle(self) -> None:
+        with self._dispatch:  # newcomers wait for the stop (~0.1 s: the loop's idle wait), then restart it
+            if self._stop_timer is not threading.current_thread() or self._queues or self._closed.is_set():
+                return
+            self._stop_timer = None
+            if self._manager.is_running():
+                # a fresh batch processor and KV cache at the next start: transformers' reset of a kept
+                # one changed a greedy answer after a cancelled request (seen 2026-12-07)
+                self._manager.stop(block=True, timeout=30)
 
     @classmethod
     def wrap(cls, chat: HFChatModel, **kwargs: Any) -> "BatchedHFChatModel":
@@ -263,6 +317,7 @@ class BatchedHFChatModel(HFChatModel):
                 running = self._plain = _PlainRun()
             else:
                 self._queues[rid] = q  # from here on a newcomer sees this request running
+                self._loop_needed()
                 if running is not None:
                     running.handover.set()
             self.served["plain" if plain else "batched"] += 1
@@ -278,6 +333,7 @@ class BatchedHFChatModel(HFChatModel):
             generated, stop = rest
             with self._dispatch:
                 self._queues[rid] = q
+                self._loop_needed()
                 self._plain = None
                 self.served["handed over"] += 1
             yield from self._generate_batched(rid, q, input_ids, params, max_new_tokens, gen,
@@ -311,19 +367,18 @@ class BatchedHFChatModel(HFChatModel):
                 submitted.set()
             if accepted is None:
                 raise GenerationError(f"{self.name!r} is not accepting requests (the batching loop stopped)")
-            sent = self.tokenizer.decode(generated, skip_special_tokens=True)  # text yielded or held back
+            decoder = IncrementalDecoder(self.tokenizer, generated)  # their text was yielded or held back
+            done = 0  # the manager's tokens decoded so far
             while True:
                 item = self._next_output(q)
                 finished = item.is_finished()
-                tokens = generated + list(item.generated_tokens)
-                gen.completion_tokens = len(tokens)
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                if not finished and text.endswith("\ufffd"):
-                    continue  # a character split across tokens: wait for the rest
-                ready = stop.feed(text[len(sent):], final=finished)
-                sent = text
+                tokens = item.generated_tokens  # all of this request's tokens so far
+                ready = stop.feed(decoder.step(tokens[done:], final=finished), final=finished)
+                done = len(tokens)
+                gen.completion_tokens = len(generated) + done
                 if stop.stopped or finished:
-                    gen.finish_reason = finish_reason_of(len(tokens), int(tokens[-1]) if tokens else None,
+                    last = tokens[-1] if tokens else (generated[-1] if generated else None)
+                    gen.finish_reason = finish_reason_of(gen.completion_tokens, None if last is None else int(last),
                                                          self.eos_token_ids(), max_new_tokens, stop.stopped)
                 if ready:
                     yield ready
@@ -332,7 +387,9 @@ class BatchedHFChatModel(HFChatModel):
         finally:
             if not finished:
                 self._manager.cancel_request(rid)
-            self._queues.pop(rid, None)
+            with self._dispatch:
+                self._queues.pop(rid, None)
+                self._loop_maybe_idle()
 
     def close(self) -> None:
         """Stop the batching loop (idempotent); a request still waiting fails within
@@ -340,4 +397,9 @@ class BatchedHFChatModel(HFChatModel):
         if self._closed.is_set():
             return
         self._closed.set()
-        self._manager.stop(block=True, timeout=30)
+        with self._dispatch:
+            if self._stop_timer is not None:
+                self._stop_timer.cancel()
+                self._stop_timer = None
+        if self._manager.is_running():
+            self._manager.stop(block=True, timeout=30)

@@ -140,3 +140,29 @@ def test_stream_interval_setting():
     assert parse_settings(["--stream-interval-ms", "0"]).stream_interval_ms == 0
     with pytest.raises(SystemExit):
         parse_settings(["--stream-interval-ms", "-1"])
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.002])
+def test_a_fast_producer_loses_nothing_and_wakes_the_loop_once_per_batch(interval: float):
+    """The pump appends from its thread while the loop takes batches: every item arrives once,
+    in order, and the loop is woken about once per batch, not once per item."""
+    n = 20_000
+
+    async def consume():
+        loop = asyncio.get_running_loop()
+        wakeups = [0]
+        schedule = loop.call_soon_threadsafe
+
+        def counting(callback, *args, **kwargs):
+            wakeups[0] += 1
+            return schedule(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # an instance attribute: only this loop, only this test
+        batches = [b async for b in ready_batches(iter(range(n)), min_interval=interval)]
+        return batches, wakeups[0]
+
+    batches, wakeups = _run(consume())
+    assert [x for b in batches for x in b] == list(range(n))
+    assert all(batches)
+    assert wakeups <= len(batches) + 2  # the batches' wake-ups and the end, at most one stray
+    assert len(batches) < n  # items did come together

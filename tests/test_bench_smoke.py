@@ -124,3 +124,22 @@ def test_retrieval_api_benchmark_smoke(corpus, tmp_path):
     assert row["questions"] == len(row["first_hit_ranks"]) > 0
     assert 0 <= row["hit@1"] <= row["hit@5"] <= 1 and row["no_passage"] is not None
     assert (tmp_path / "work" / "cache" / "chatllm").is_dir(), "a fresh model cache, inside the workdir"
+
+
+def test_detokenize_benchmark_smoke(tmp_path):
+    from bench import detokenize
+
+    result = detokenize.main(["--lengths=16,64", f"--out={tmp_path / 'detok.json'}"])
+    assert [row["answer_tokens"] for row in result["rows"]] == [16, 64]
+    assert all(row["decode_all_us_per_token"] > 0 and row["incremental_us_per_token"] > 0 for row in result["rows"])
+    assert json.loads((tmp_path / "detok.json").read_text())["benchmark"] == "detokenize"
+
+
+def test_serving_ab_benchmark_smoke(tmp_path, monkeypatch):
+    from bench import serving_ab
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = serving_ab.main(["--users=2", "--rounds=2", "--prompt-tokens=32", "--new-tokens=8",
+                              f"--out={tmp_path / 'ab.json'}"])
+    assert set(result["rows"]) == {"off", "auto"}
+    assert all(len(row["total_tps"]) == 2 and row["median"] > 0 for row in result["rows"].values())

@@ -235,3 +235,53 @@ def test_count_tokens_and_context_length(model: HFChatModel):
     assert model.count_tokens("") == 0
     assert model.count_tokens("<|im_start|>") == 1
     assert model.count_tokens("hello world 你好") == len(model.tokenizer.encode("hello world 你好"))
+
+
+# ----------------------------------------------------------------- IncrementalDecoder
+MIXED_TEXT = "Hello 世界, naïve café — 你好！ emoji 😀🎉 end.\n第二行：知识库。"
+
+
+def _chunks(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+class _DecodeOnly:
+    """A tokenizer with ``decode`` but no tokenizers-library backend (the fallback path)."""
+
+    def __init__(self, tokenizer):
+        self._decode = tokenizer.decode
+
+    def decode(self, ids, skip_special_tokens=False):
+        return self._decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+@pytest.mark.parametrize("backend", ["DecodeStream", "full decode"])
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_incremental_decoder_gives_the_text_decode_gives(model: HFChatModel, backend: str, size: int):
+    from llm.hf import IncrementalDecoder
+
+    tokenizer = model.tokenizer if backend == "DecodeStream" else _DecodeOnly(model.tokenizer)
+    ids = model.tokenizer.encode(MIXED_TEXT, add_special_tokens=False) + [model.tokenizer.eos_token_id]
+    whole = model.tokenizer.decode(ids, skip_special_tokens=True)
+    assert "😀" in whole and "知识库" in whole
+    boundaries = [k for k in range(1, len(ids)) if not model.tokenizer.decode(ids[:k]).endswith("\ufffd")]
+    assert len(boundaries) < len(ids) - 1  # some characters do span tokens
+    for start in [0] + boundaries[::4]:
+        decoder = IncrementalDecoder(tokenizer, ids[:start])
+        pieces = [decoder.step(chunk) for chunk in _chunks(ids[start:], size)[:-1]]
+        pieces.append(decoder.step(_chunks(ids[start:], size)[-1], final=True))
+        assert "".join(pieces) == whole[len(model.tokenizer.decode(ids[:start], skip_special_tokens=True)):]
+        assert all("\ufffd" not in piece for piece in pieces)  # never half a character on the way
+
+
+@pytest.mark.parametrize("backend", ["DecodeStream", "full decode"])
+def test_incremental_decoder_ends_a_cut_character_as_decode_does(model: HFChatModel, backend: str):
+    from llm.hf import IncrementalDecoder
+
+    tokenizer = model.tokenizer if backend == "DecodeStream" else _DecodeOnly(model.tokenizer)
+    ids = model.tokenizer.encode("ab😀", add_special_tokens=False)
+    cut = ids[:-1]  # the emoji's last byte is missing: an answer stopped by max_new_tokens
+    assert model.tokenizer.decode(cut).endswith("\ufffd")
+    decoder = IncrementalDecoder(tokenizer)
+    assert decoder.step(cut) == ""  # held back while the character may still complete
+    assert decoder.step([], final=True) == model.tokenizer.decode(cut)

@@ -225,6 +225,42 @@ def test_a_newcomer_after_the_lone_request_ended_is_served_plainly_again(hybrid)
     assert hybrid.served["plain"] == before["plain"] + 1 and not hybrid._queues and hybrid._plain is None
 
 
+def _wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_the_batching_loop_runs_only_while_requests_are_batched(plain, hybrid, monkeypatch):
+    """With plain_when_alone the loop thread (and its OpenMP threads, which throttle a lone
+    request's) exists only while requests are batched; a restart serves exactly as before."""
+    import llm.batching as batching
+
+    monkeypatch.setattr(batching, "IDLE_STOP_S", 0.2)
+    assert _wait_until(lambda: not hybrid._manager.is_running(), 10), "earlier batches' loop stopped"
+    hybrid.chat(ask("alone"), GREEDY)
+    assert not hybrid._manager.is_running(), "a lone request needs no loop"
+    starts = hybrid.loop_starts
+    for turn in range(2):
+        first, second = ask(f"turn {turn}: tell me about the sea"), ask(f"turn {turn}: numbers")
+        params = GenerationParams(max_new_tokens=60, temperature=0)
+        expected = [plain.chat(first, params), plain.chat(second, GREEDY)]
+        gen = hybrid.stream(first, params)
+        pieces = [next(gen)]  # alone, on plain generate
+        other: list[str] = []
+        joiner = threading.Thread(target=lambda: other.append(hybrid.chat(second, GREEDY)))
+        joiner.start()
+        pieces.extend(gen)
+        joiner.join(60)
+        assert ["".join(pieces)] + other == expected, f"turn {turn}: both answers as plain generate gives them"
+        assert hybrid.loop_starts == starts + turn + 1, "the second request started the loop"
+        assert _wait_until(lambda: not hybrid._manager.is_running(), 10), "the idle loop stopped"
+    assert not hybrid._queues and hybrid._stop_timer is None
+
+
 @pytest.mark.parametrize("ks", [[1, 1, 1], [1, 50, 7], [3, 2000, 1361], [2000, 5000, 1361]])
 def test_fast_top_k_filters_exactly_as_transformers_top_k(ks):
     from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingTopKLogitsWarper

@@ -28,10 +28,10 @@ async def ready_batches(items: Iterator[T], min_interval: float = 0.0) -> AsyncI
     """Iterate a blocking iterator from async code, yielding everything it produced since
     the previous yield as one list (never empty).
 
-    One pump thread runs ``items`` and hands each item to the event loop; when the
-    consumer is slower than the model (many streams, a busy CPU), the pieces that
-    arrived meanwhile come together, so one network event carries several tokens
-    instead of one event (and one thread hop) per token.
+    One pump thread runs ``items`` and queues each item for the event loop, waking the
+    loop only when no wake-up is already on its way; when the consumer is slower than the
+    model (many streams, a busy CPU), the pieces that arrived meanwhile come together, so
+    one network event (and one thread hop) carries several tokens instead of one per token.
 
     With ``min_interval`` (seconds) > 0, a batch is taken at most that often (the first
     at once): the server then does its per-event work (JSON, HTTP) once per interval
@@ -44,15 +44,12 @@ async def ready_batches(items: Iterator[T], min_interval: float = 0.0) -> AsyncI
     here after the items produced before it.
     """
     loop = asyncio.get_running_loop()
-    ready: deque[T] = deque()
+    ready: deque[T] = deque()  # appended by the pump thread, emptied on the loop (deque is thread-safe)
     wake = asyncio.Event()
     finished = asyncio.Event()
     stop = threading.Event()
     failure: list[BaseException] = []
-
-    def deliver(item: T) -> None:  # on the loop
-        ready.append(item)
-        wake.set()
+    wake_pending = [False]  # a wake-up is on its way, or the consumer has yet to take `ready`
 
     def end(error: BaseException | None) -> None:  # on the loop
         if error is not None:
@@ -67,7 +64,10 @@ async def ready_batches(items: Iterator[T], min_interval: float = 0.0) -> AsyncI
             for item in it:
                 if stop.is_set():
                     break
-                loop.call_soon_threadsafe(deliver, item)
+                ready.append(item)
+                if not wake_pending[0]:  # one loop wake-up per batch, not one per token
+                    wake_pending[0] = True
+                    loop.call_soon_threadsafe(wake.set)
         except RuntimeError as exc:
             if not loop.is_closed():
                 error = exc
@@ -88,9 +88,9 @@ async def ready_batches(items: Iterator[T], min_interval: float = 0.0) -> AsyncI
         while True:
             await wake.wait()
             wake.clear()
+            wake_pending[0] = False  # before taking: an item appended from now on asks for a new wake-up
             if ready:
-                batch = list(ready)
-                ready.clear()
+                batch = [ready.popleft() for _ in range(len(ready))]  # the pump may append meanwhile
                 yield batch
                 if min_interval > 0 and not finished.is_set():
                     await asyncio.sleep(min_interval)
