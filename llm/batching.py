@@ -199,6 +199,7 @@ class BatchedHFChatModel(HFChatModel):
         # which made one plain stream 10-20% slower (docs/benchmarks.md, "Streaming text per token").
         self._on_demand = self.plain_when_alone
         self._stop_timer: threading.Timer | None = None  # stops the idle loop (on demand only)
+        self._stopped: threading.Event | None = None  # set once a stop in progress has finished
         self.loop_starts = 0  # times the generation loop was started
         if not self._on_demand:
             self._start_loop()
@@ -217,6 +218,9 @@ class BatchedHFChatModel(HFChatModel):
         if self._stop_timer is not None:
             self._stop_timer.cancel()
             self._stop_timer = None
+        if self._stopped is not None:  # a stop is under way (it does not take _dispatch): let it end
+            self._stopped.wait(60)
+            self._stopped = None
         if not self._manager.is_running():
             self._start_loop()
 
@@ -231,14 +235,22 @@ class BatchedHFChatModel(HFChatModel):
         timer.start()
 
     def _stop_if_idle(self) -> None:
-        with self._dispatch:  # newcomers wait for the stop (~0.1 s: the loop's idle wait), then restart it
+        """The idle timer's end: stop the loop unless a request came meanwhile.  The stop takes
+        ~0.45 s (transformers' loop winding down) and runs outside ``_dispatch``, so a lone
+        request meanwhile is not held up; a request that needs the loop waits for it to end."""
+        with self._dispatch:
             if self._stop_timer is not threading.current_thread() or self._queues or self._closed.is_set():
                 return
             self._stop_timer = None
-            if self._manager.is_running():
-                # a fresh batch processor and KV cache at the next start: transformers' reset of a kept
-                # one changed a greedy answer after a cancelled request (seen 2026-12-07)
-                self._manager.stop(block=True, timeout=30)
+            if not self._manager.is_running():
+                return
+            stopped = self._stopped = threading.Event()
+        try:
+            # a fresh batch processor and KV cache at the next start: transformers' reset of a kept
+            # one changed a greedy answer after a cancelled request (seen 2026-12-07)
+            self._manager.stop(block=True, timeout=30)
+        finally:
+            stopped.set()
 
     @classmethod
     def wrap(cls, chat: HFChatModel, **kwargs: Any) -> "BatchedHFChatModel":
@@ -401,5 +413,8 @@ class BatchedHFChatModel(HFChatModel):
             if self._stop_timer is not None:
                 self._stop_timer.cancel()
                 self._stop_timer = None
+            stopping = self._stopped
+        if stopping is not None:
+            stopping.wait(60)
         if self._manager.is_running():
             self._manager.stop(block=True, timeout=30)

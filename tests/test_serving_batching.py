@@ -261,6 +261,52 @@ def test_the_batching_loop_runs_only_while_requests_are_batched(plain, hybrid, m
     assert not hybrid._queues and hybrid._stop_timer is None
 
 
+def _burst(model, questions: list[str], params: GenerationParams) -> list[str]:
+    """The first question alone (plain generate), the rest joining it once it has a first piece."""
+    gen = model.stream(ask(questions[0]), params)
+    pieces = [next(gen)]
+    others: dict[int, str] = {}
+    joiners = [threading.Thread(target=lambda i=i, q=q: others.__setitem__(i, model.chat(ask(q), params)))
+               for i, q in enumerate(questions[1:], 1)]
+    for joiner in joiners:
+        joiner.start()
+    pieces.extend(gen)
+    for joiner in joiners:
+        joiner.join(60)
+    return ["".join(pieces)] + [others.get(i, "") for i in range(1, len(questions))]
+
+
+def test_a_stop_under_way_holds_up_no_lone_request_and_a_burst_restarts_after_it(plain, hybrid, monkeypatch):
+    import llm.batching as batching
+
+    monkeypatch.setattr(batching, "IDLE_STOP_S", 0.05)
+    assert _wait_until(lambda: not hybrid._manager.is_running(), 10)
+    entered, release, returned = threading.Event(), threading.Event(), threading.Event()
+    real_stop = hybrid._manager.stop
+
+    def slow_stop(*args, **kwargs):  # transformers' stop takes ~0.45 s: here, until released
+        entered.set()
+        release.wait(10)
+        try:
+            return real_stop(*args, **kwargs)
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(hybrid._manager, "stop", slow_stop)
+    params = GenerationParams(max_new_tokens=40, temperature=0)
+    assert _burst(hybrid, ["a first burst", "joins it"], params) == [plain.chat(ask(q), params)
+                                                                     for q in ["a first burst", "joins it"]]
+    assert entered.wait(10), "the idle loop's stop began"
+    assert hybrid.chat(ask("alone meanwhile"), params) == plain.chat(ask("alone meanwhile"), params), \
+        "a lone request is served while the stop is still under way"
+    assert not returned.is_set(), "the lone request did not wait for the stop"
+    starts = hybrid.loop_starts
+    threading.Timer(0.3, release.set).start()  # the next burst's second request waits for the stop, then restarts
+    questions = ["a second burst", "joins that one", "and a third"]
+    assert _burst(hybrid, questions, params) == [plain.chat(ask(q), params) for q in questions]
+    assert release.is_set() and hybrid.loop_starts == starts + 1
+
+
 @pytest.mark.parametrize("ks", [[1, 1, 1], [1, 50, 7], [3, 2000, 1361], [2000, 5000, 1361]])
 def test_fast_top_k_filters_exactly_as_transformers_top_k(ks):
     from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingTopKLogitsWarper
