@@ -246,7 +246,7 @@ def test_the_batching_loop_runs_only_while_requests_are_batched(plain, hybrid, m
     starts = hybrid.loop_starts
     for turn in range(2):
         first, second = ask(f"turn {turn}: tell me about the sea"), ask(f"turn {turn}: numbers")
-        params = GenerationParams(max_new_tokens=60, temperature=0)
+        params = GenerationParams(max_new_tokens=120, temperature=0)  # long enough for the second to join
         expected = [plain.chat(first, params), plain.chat(second, GREEDY)]
         gen = hybrid.stream(first, params)
         pieces = [next(gen)]  # alone, on plain generate
@@ -293,7 +293,7 @@ def test_a_stop_under_way_holds_up_no_lone_request_and_a_burst_restarts_after_it
             returned.set()
 
     monkeypatch.setattr(hybrid._manager, "stop", slow_stop)
-    params = GenerationParams(max_new_tokens=40, temperature=0)
+    params = GenerationParams(max_new_tokens=120, temperature=0)  # long enough for the others to join
     assert _burst(hybrid, ["a first burst", "joins it"], params) == [plain.chat(ask(q), params)
                                                                      for q in ["a first burst", "joins it"]]
     assert entered.wait(10), "the idle loop's stop began"
