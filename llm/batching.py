@@ -197,11 +197,10 @@ class BatchedHFChatModel(HFChatModel):
         # keeps its OpenMP threads, and with more of them than cores every thread, the lone
         # request's too, spins for only 100 turns before sleeping (libgomp's throttled spin count),
         # which made one plain stream 10-20% slower (docs/benchmarks.md, "Streaming text per token").
-        self._on_demand = self.plain_when_alone
-        self._stop_timer: threading.Timer | None = None  # stops the idle loop (on demand only)
+        self._stop_timer: threading.Timer | None = None  # stops the idle loop (plain_when_alone only)
         self._stopped: threading.Event | None = None  # set once a stop in progress has finished
         self.loop_starts = 0  # times the generation loop was started
-        if not self._on_demand:
+        if not self.plain_when_alone:
             self._start_loop()
 
     def _start_loop(self) -> None:
@@ -213,7 +212,7 @@ class BatchedHFChatModel(HFChatModel):
     def _loop_needed(self) -> None:
         """A request is about to be batched (caller holds ``_dispatch``): cancel an idle stop and
         start the loop if it is not running."""
-        if not self._on_demand:
+        if not self.plain_when_alone:
             return
         if self._stop_timer is not None:
             self._stop_timer.cancel()
@@ -227,7 +226,7 @@ class BatchedHFChatModel(HFChatModel):
     def _loop_maybe_idle(self) -> None:
         """A batched request ended (caller holds ``_dispatch``): with none left, stop the loop
         after :data:`IDLE_STOP_S` seconds unless another comes meanwhile."""
-        if not self._on_demand or self._queues or self._closed.is_set() or self._stop_timer is not None:
+        if not self.plain_when_alone or self._queues or self._closed.is_set() or self._stop_timer is not None:
             return
         timer = threading.Timer(IDLE_STOP_S, self._stop_if_idle)
         timer.daemon = True
