@@ -210,8 +210,10 @@ class BatchedHFChatModel(HFChatModel):
         self.loop_starts += 1
 
     def _loop_needed(self) -> None:
-        """A request is about to be batched (caller holds ``_dispatch``): cancel an idle stop and
-        start the loop if it is not running."""
+        """A request is about to be submitted to the manager (caller holds ``_dispatch``; no plain
+        ``generate`` runs any more): cancel an idle stop and start the loop if it is not running.
+        Called only then, so that the loop's start (it builds its batch processor and KV cache)
+        does not run beside the plain run's last forward passes on the 2 cores."""
         if not self.plain_when_alone:
             return
         if self._stop_timer is not None:
@@ -245,8 +247,8 @@ class BatchedHFChatModel(HFChatModel):
                 return
             stopped = self._stopped = threading.Event()
         try:
-            # a fresh batch processor and KV cache at the next start: transformers' reset of a kept
-            # one changed a greedy answer after a cancelled request (seen 2026-12-07)
+            # a fresh batch processor and KV cache at the next start (reusing a kept one is not
+            # relied on: transformers resets it, and that path is not tested here)
             self._manager.stop(block=True, timeout=30)
         finally:
             stopped.set()
@@ -328,7 +330,6 @@ class BatchedHFChatModel(HFChatModel):
                 running = self._plain = _PlainRun()
             else:
                 self._queues[rid] = q  # from here on a newcomer sees this request running
-                self._loop_needed()
                 if running is not None:
                     running.handover.set()
             self.served["plain" if plain else "batched"] += 1
@@ -344,7 +345,6 @@ class BatchedHFChatModel(HFChatModel):
             generated, stop = rest
             with self._dispatch:
                 self._queues[rid] = q
-                self._loop_needed()
                 self._plain = None
                 self.served["handed over"] += 1
             yield from self._generate_batched(rid, q, input_ids, params, max_new_tokens, gen,
@@ -371,6 +371,8 @@ class BatchedHFChatModel(HFChatModel):
         stop = stop if stop is not None else StopStrings(params.stop)
         finished = False
         try:
+            with self._dispatch:  # only now, once a plain run has handed over (see _loop_needed)
+                self._loop_needed()
             accepted = self._manager.add_request(input_ids + generated, request_id=rid,
                                                  max_new_tokens=max_new_tokens - len(generated), streaming=True,
                                                  eos_token_id=self._eos, **self._request_kwargs(params))
